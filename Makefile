@@ -1,0 +1,29 @@
+# faultpath — every target sets itself up: the first use creates .venv and
+# installs the project (editable) with its pinned dependencies.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test bench asm clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(VPY) -m pip install -q -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/faultpath run
+
+test: $(STAMP)
+	$(VPY) -m pytest -q
+
+bench: $(STAMP)
+	$(VPY) bench/run.py
+
+asm: $(STAMP)
+	$(VENV)/bin/faultpath asm
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,208 @@
+"""The x86 page-fault entry for user-mode faults (arch/x86/mm/fault.c).
+
+mm decides (handle_mm_fault returns VM_FAULT_* bits); this file alone decides
+what those bits mean for the CPU: resume at the same instruction, skip it
+(VM_FAULT_SKIP_INSN, the v13/v14 patch), deliver a signal, or OOM-kill.
+Every stage is charged and traced so `fstep` can walk it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from emulator.decode import MAX_INSN_LEN, decode_one
+from emulator.insn_fetch import insn_fetch_from_user, skip_length
+from emulator.records import X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE, FaultRecord, append_fault
+from mm import flags as F
+from mm.smaps import vm_flags_str
+
+if TYPE_CHECKING:
+    from emulator.machine import CallContext, Machine, PendingFault
+
+PAGE_SIZE = 4096
+
+
+def vm_fault_names(bits: int) -> list[str]:
+    return [name for v, name in F.VM_FAULT_NAMES.items() if bits & v]
+
+
+def fault_flags(access: str, user: bool) -> int:
+    fl = 0
+    if access == "write":
+        fl |= F.FAULT_FLAG_WRITE
+    if access == "exec":
+        fl |= F.FAULT_FLAG_INSTRUCTION
+    if user:
+        fl |= F.FAULT_FLAG_USER
+    return fl
+
+
+def error_code(m: "Machine", address: int, access: str, user: bool) -> int:
+    pte = m.mm.pte(address)
+    code = X86_PF_USER if user else 0
+    if pte is not None and pte.frame is not None:
+        code |= X86_PF_PROT
+    if access == "write":
+        code |= X86_PF_WRITE
+    if access == "exec":
+        code |= X86_PF_INSTR
+    return code
+
+
+def pte_state(m: "Machine", address: int) -> str:
+    pte = m.mm.pte(address)
+    if pte is None:
+        return "none"
+    if pte.frame is None:
+        if pte.swap_slot is not None:
+            return f"swapped(slot {pte.swap_slot})"
+        return "dropped" if getattr(pte, "dropped", False) else "not-present"
+    if pte.frame is m.kernel.phys.zero_frame:
+        return "zero-page(ro)"
+    rw = "rw" if pte.writable else "ro"
+    shared = " cow-shared" if getattr(pte.frame, "refcount", 1) > 1 else ""
+    return f"present({rw}) pfn={pte.frame.pfn}{shared}"
+
+
+def vma_desc(m: "Machine", address: int) -> tuple[str, str, object]:
+    vma = m.mm.find_vma(address)
+    if vma is None:
+        sp = m.special_at(address)
+        return (sp or "", "special" if sp else "", None)
+    return (f"{vma.start:#x}-{vma.end:#x}", vm_flags_str(vma.vm_flags), vma)
+
+
+def predict(m: "Machine", address: int, access: str) -> str:
+    """What mm will decide for this fault, without changing anything (for the stepper)."""
+    vma = m.mm.find_vma(address)
+    if vma is None:
+        return "SIGSEGV (no VMA)"
+    fl = fault_flags(access, True)
+    if m.mm.access_error(vma, fl):
+        return "SIGSEGV (access error)"
+    pte = m.mm.pte(address)
+    write = access == "write"
+    if pte is not None and pte.frame is not None:
+        if write and not pte.writable:
+            return "COW copy" if getattr(pte.frame, "refcount", 1) > 1 or pte.frame is m.kernel.phys.zero_frame else "reuse (write-enable)"
+        return "spurious"
+    if pte is not None and pte.swap_slot is not None:
+        return "swap-in"
+    if not write:
+        return "map zero page"
+    if m.kernel.phys.failing != "off" or (m.kernel.phys.free_pages == 0 and not m.kernel.phys.lru_drop):
+        if vma.vm_flags & F.VM_DROPPABLE:
+            return "OOM on droppable -> " + ("skip instruction" if m.mm.droppable_oom == "skip" else "retry (refault)")
+        return "OOM -> OOM kill"
+    return "allocate zeroed frame"
+
+
+def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip: int) -> None:
+    """Handle one user-mode fault reported by Unicorn at rip."""
+    code = m.read(rip, MAX_INSN_LEN)
+    ins = decode_one(code, rip)
+    address = pf.address
+    access = pf.access
+    rec = FaultRecord(index=ctx.index, rip=rip, address=address, access=access,
+                      error_code=error_code(m, address, access, True), user=True,
+                      insn=ins.text if ins else "(undecodable)", insn_bytes=ins.raw if ins else code[:1])
+    rec.vma, rec.vm_flags, vma = vma_desc(m, address)
+    rec.pte = pte_state(m, address)
+    cyc0 = ctx.cycles
+    m.charge(ctx, "fault_entry", rip, {"address": address, "access": access, "error_code": rec.error_code,
+                                      "insn": rec.insn})
+    if access == "write":
+        # Precise exceptions: roll back what Unicorn committed of a split store.
+        rec.restored = m.undo_partial_store(rip)
+        if rec.restored:
+            m.charge(ctx, "undo_split_store", rip, {"bytes": rec.restored}, cycles=0)
+    m.charge(ctx, "vma_lookup", rip, {"vma": rec.vma, "flags": rec.vm_flags})
+    flags = fault_flags(access, True)
+    if vma is None or m.mm.access_error(vma, flags):
+        why = "no VMA" if vma is None else "access error"
+        _end_signal(m, ctx, rec, "SIGSEGV", why)
+        return _record(m, ctx, rec, cyc0)
+    res = m.mm.handle_mm_fault(vma, address, flags)
+    for st in res.stages:
+        m.charge(ctx, st.kind, rip, dict(st.detail))
+        rec.stages.append(st.kind)
+    rec.bits = vm_fault_names(res.bits)
+    bits = res.bits
+    m.sync()
+    if bits & F.VM_FAULT_SIGSEGV:
+        _end_signal(m, ctx, rec, "SIGSEGV", "VM_FAULT_SIGSEGV")
+    elif bits & F.VM_FAULT_SIGBUS:
+        _end_signal(m, ctx, rec, "SIGBUS", "VM_FAULT_SIGBUS")
+    elif bits & F.VM_FAULT_OOM:
+        # Classic OOM for a user fault: pagefault_out_of_memory() kills the task.
+        rec.decision = "oom-kill"
+        m.charge(ctx, "oom", rip, {"victim": m.name})
+        m.killed = True
+        m.finish(ctx, "killed", f"OOM kill: write to {address:#x} (non-droppable) at rip={rip:#x}")
+    elif bits & F.VM_FAULT_SKIP_INSN:
+        # v13/v14 x86 patch: fetch <=15 bytes at the user rip, decode, add the length.
+        raw = insn_fetch_from_user(m, rip)
+        rec.fetched = len(raw)
+        n = skip_length(raw) if raw else None
+        m.charge(ctx, "decode", rip, {"fetched": len(raw), "length": n})
+        if n is None:
+            rec.decision = "retry"    # fetch or decode failed: return without touching rip
+            _refault(m, ctx, rec, rip)
+        else:
+            rec.decision = "skip"
+            rec.skip_len = n
+            rec.new_rip = rip + n
+            ctx.rip = rip + n
+            ctx.index += 1            # the skipped instruction retires (as a no-op)
+            ctx.refaults = 0
+            ctx.last_fault_key = None
+    else:
+        rec.decision = _resolved_decision(rec.stages, bits)
+        if rec.decision == "retry-oom":
+            _refault(m, ctx, rec, rip)
+        else:
+            rec.new_rip = rip
+            ctx.rip = rip
+            _count_refault(ctx, rip, address)
+    m.charge(ctx, "fault_return", rip, {"decision": rec.decision, "new_rip": rec.new_rip})
+    if rec.decision in ("retry", "retry-oom", "mapped", "zero-page", "cow", "reuse", "swap-in") and \
+            ctx.refaults > m.livelock_limit and not ctx.done:
+        rec.decision = "livelock"
+        m.finish(ctx, "livelock",
+                 f"user-mode write livelock: rip={rip:#x} [{rec.insn}] refaulted {ctx.refaults} times at {address:#x}")
+    _record(m, ctx, rec, cyc0)
+
+
+def _resolved_decision(stages: list[str], bits: int) -> str:
+    if "droppable_oom" in stages or "oom" in stages:
+        return "retry-oom"          # 6.11: ret &= ~VM_FAULT_OOM -> the instruction re-executes
+    for kind, name in (("swap_in", "swap-in"), ("cow_copy", "cow"), ("reuse", "reuse"),
+                       ("map_zero_page", "zero-page"), ("zero_fill", "mapped")):
+        if kind in stages:
+            return name
+    return "mapped"
+
+
+def _count_refault(ctx: "CallContext", rip: int, address: int) -> None:
+    key = (ctx.index, rip)
+    if ctx.last_fault_key == key:
+        ctx.refaults += 1
+    else:
+        ctx.last_fault_key = key
+        ctx.refaults = 1
+
+
+def _refault(m: "Machine", ctx: "CallContext", rec: FaultRecord, rip: int) -> None:
+    rec.new_rip = rip
+    ctx.rip = rip
+    _count_refault(ctx, rip, rec.address)
+
+
+def _end_signal(m: "Machine", ctx: "CallContext", rec: FaultRecord, sig: str, why: str) -> None:
+    rec.decision = sig.lower()
+    m.charge(ctx, "signal", rec.rip, {"signal": sig, "why": why})
+    m.finish(ctx, "signal", f"{sig} ({why}): {rec.access} at {rec.address:#x}, rip={rec.rip:#x} [{rec.insn}]")
+
+
+def _record(m: "Machine", ctx: "CallContext", rec: FaultRecord, cyc0: float) -> None:
+    rec.cycles = ctx.cycles - cyc0
+    append_fault(ctx.result.faults, rec)

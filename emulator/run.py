@@ -1,0 +1,189 @@
+"""`faultpath run`: build a kernel and a process, call __vdso_getrandom as libc
+does, and report every call (human or JSON)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from emulator.cost import load_profile
+from emulator.errors import UsageError
+from emulator.inject import parse_injection
+from emulator.kernel import Kernel
+from emulator.machine import DEFAULT_BUDGET, DEFAULT_LIVELOCK, Injection, Machine
+from emulator.records import CallResult
+from emulator.scenarios import Scenario, plan
+from vdso.abi import STATE_IN_USE, STATE_SIZE
+from vdso.image import VdsoImage
+from vdso.libc import VgetrandomCaller
+
+MAX_PAGES = 1 << 22          # 16 GiB of emulated RAM is more than any scenario needs
+MAX_CALLS = 1_000_000
+
+
+@dataclass
+class RunConfig:
+    image: VdsoImage
+    sizes: list[int] = field(default_factory=lambda: [256])
+    calls: int = 3
+    seed: int = 0
+    memory_pages: int = 4096
+    swap_pages: int = 0
+    droppable_oom: str = "skip"
+    injections: list[str] = field(default_factory=list)    # KIND@N (every call) or KIND@C:N (call C)
+    scenario: str = "none"
+    flags: int = 0
+    livelock_limit: int = DEFAULT_LIVELOCK
+    budget: int = DEFAULT_BUDGET
+    profile: str = "zen4"
+
+    def validate(self) -> None:
+        if not self.sizes:
+            raise UsageError("--size: at least one size is needed")
+        for s in self.sizes:
+            if s < 0 or s > (16 << 20):
+                raise UsageError(f"--size {s}: out of range (0..{16 << 20})")
+        if not 1 <= self.calls <= MAX_CALLS:
+            raise UsageError(f"--calls {self.calls}: out of range (1..{MAX_CALLS})")
+        if not 16 <= self.memory_pages <= MAX_PAGES:
+            raise UsageError(f"--memory {self.memory_pages}: out of range (16..{MAX_PAGES} pages)")
+        if not 0 <= self.swap_pages <= MAX_PAGES:
+            raise UsageError(f"--swap {self.swap_pages}: out of range (0..{MAX_PAGES} pages)")
+        if self.droppable_oom not in ("skip", "retry"):
+            raise UsageError(f"--droppable-oom {self.droppable_oom!r}: expected skip or retry")
+        if not 0 <= self.flags < 1 << 32:
+            raise UsageError(f"--flags {self.flags}: out of range")
+        for spec in self.injections:
+            split_call_injection(spec)
+
+
+def split_call_injection(spec: str) -> tuple[int | None, Injection]:
+    """KIND@N -> (None, inj) for every call; KIND@C:N -> (C, inj) for call C (1-based)."""
+    kind, sep, where = spec.rpartition("@")
+    if sep and ":" in where:
+        c, _, n = where.partition(":")
+        try:
+            call = int(c)
+        except ValueError:
+            raise UsageError(f"--inject {spec!r}: call number {c!r} is not a number") from None
+        if call < 1:
+            raise UsageError(f"--inject {spec!r}: calls are numbered from 1")
+        return call, parse_injection(f"{kind}@{n}")
+    return None, parse_injection(spec)
+
+
+def new_process(cfg: RunConfig) -> tuple[Kernel, Machine, VgetrandomCaller]:
+    kernel = Kernel(cfg.image, memory_pages=cfg.memory_pages, swap_pages=cfg.swap_pages, seed=cfg.seed,
+                    profile=load_profile(cfg.profile))
+    m = Machine(kernel, droppable_oom=cfg.droppable_oom, livelock_limit=cfg.livelock_limit)
+    caller = VgetrandomCaller(m, buffer_size=max(cfg.sizes))
+    return kernel, m, caller
+
+
+def find_state_write(cfg: RunConfig, size: int) -> int:
+    """Landmark for scenarios: in a warm call of `size` bytes, the index of the
+    first instruction that changes the state other than by setting in_use."""
+    probe = RunConfig(image=cfg.image, sizes=[size], calls=2, seed=cfg.seed, memory_pages=cfg.memory_pages,
+                      droppable_oom=cfg.droppable_oom, profile=cfg.profile)
+    _, m, caller = new_process(probe)
+    caller.getrandom(size)
+    ctx = m.prepare_call(caller.func, caller.args(size), size=size)
+    st = caller.states[0]
+
+    def snap() -> bytes:
+        b = bytearray(m.read(st, STATE_SIZE))
+        b[STATE_IN_USE] = 0
+        return bytes(b)
+
+    before = snap()
+    while not ctx.done and ctx.index < 100_000:
+        m.step(ctx, 1)
+        if snap() != before:
+            return max(1, ctx.index - 1)
+    return max(1, ctx.result.instructions // 2)
+
+
+def run(cfg: RunConfig) -> dict:
+    cfg.validate()
+    per_call: dict[int, list[Injection]] = {}
+    every: list[Injection] = []
+    for spec in cfg.injections:
+        call, inj = split_call_injection(spec)
+        (per_call.setdefault(call, []) if call else every).append(inj)
+    landmark = find_state_write(cfg, cfg.sizes[-1] if len(cfg.sizes) == 1 else cfg.sizes[1 % len(cfg.sizes)]) \
+        if cfg.scenario != "none" else 0
+    scen: Scenario = plan(cfg.scenario, cfg.sizes, cfg.calls, landmark)
+    kernel, m, caller = new_process(cfg)
+    results: list[CallResult] = []
+    for i, pc in enumerate(scen.calls, start=1):
+        injs = [parse_injection(s) for s in pc.injections] + list(every) + per_call.get(i, [])
+        res = caller.getrandom(pc.size, cfg.flags, injections=[Injection(j.at, j.kind) for j in injs],
+                               budget=cfg.budget)
+        results.append(res)
+    return {
+        "image": {"name": cfg.image.name, "abi": cfg.image.abi,
+                  "getrandom": hex(cfg.image.symbol("__vdso_getrandom")),
+                  "rng_data_offset": cfg.image.rng_data_offset, "rng_data_source": cfg.image.rng_data_source},
+        "config": {"seed": cfg.seed, "memory_pages": cfg.memory_pages, "swap_pages": cfg.swap_pages,
+                   "droppable_oom": cfg.droppable_oom, "scenario": scen.name, "scenario_description": scen.description,
+                   "sizes": cfg.sizes, "calls": cfg.calls, "profile": kernel.profile.name,
+                   "state": hex(caller.states[0]), "buffer": hex(caller.buffer)},
+        "calls": [r.as_dict() for r in results],
+        "_results": results,
+        "mm": _stats(m),
+    }
+
+
+def _stats(m: Machine) -> dict:
+    st = getattr(m.mm, "stats", None)
+    if st is None:
+        return {}
+    from dataclasses import asdict, is_dataclass
+    raw = dict(st) if isinstance(st, dict) else asdict(st) if is_dataclass(st) else dict(vars(st))
+    return _jsonable(raw)
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {(k if isinstance(k, str) else ":".join(map(str, k)) if isinstance(k, tuple) else str(k)):
+                _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def short_hex(b: bytes, n: int = 16) -> str:
+    if len(b) <= 2 * n:
+        return b.hex()
+    return f"{b[:n].hex()}...{b[-4:].hex()} ({len(b)} bytes)"
+
+
+def format_human(report: dict) -> str:
+    img = report["image"]
+    cfg = report["config"]
+    out = [f"faultpath run: image={img['name']} (abi {img['abi']}, __vdso_getrandom at {img['getrandom']}, "
+           f"vdso_rng_data at base{img['rng_data_offset']:+#x} via {img['rng_data_source']})",
+           f"  droppable-oom={cfg['droppable_oom']} memory={cfg['memory_pages']} pages swap={cfg['swap_pages']} "
+           f"seed={cfg['seed']} scenario={cfg['scenario']} profile={cfg['profile']}"]
+    if cfg["scenario"] != "none":
+        out.append(f"  scenario: {cfg['scenario_description']}")
+    for i, r in enumerate(report["_results"], start=1):
+        out.extend(_format_call(i, r, "  "))
+    return "\n".join(out)
+
+
+def _format_call(i: int, r: CallResult, ind: str) -> list[str]:
+    lines = [f"call {i} [{r.process}]: getrandom({r.size}) -> {r.ret}  outcome={r.outcome}  "
+             f"instructions={r.instructions}  cycles={r.cycles:.0f}"]
+    if r.injections:
+        lines.append(f"{ind}inject: {', '.join(r.injections)}")
+    if r.outcome_detail:
+        lines.append(f"{ind}{r.outcome_detail}")
+    if r.output:
+        lines.append(f"{ind}output: {short_hex(r.output)}")
+    for s in r.syscalls:
+        lines.append(f"{ind}syscall #{s.index} {s.name}({', '.join(hex(a) for a in s.args[:3])}) -> {s.ret}"
+                     + (f"  [{s.outcome}]" if s.outcome else ""))
+    for f in r.faults:
+        lines.append(f"{ind}{f.line()}")
+    for c in r.children:
+        lines.extend(ind + x for x in _format_call(i, c, ind))
+    return lines

@@ -1,0 +1,72 @@
+"""fork's address-space copy (kernel/fork.c dup_mm/dup_mmap, mm/memory.c
+copy_page_range).
+
+Per parent VMA:
+- VM_DONTCOPY: absent in the child;
+- VM_ACCOUNT: charged again for the child (strict overcommit can make fork fail
+  with -ENOMEM);
+- VM_LOCKED/VM_LOCKONFAULT cleared (locks are not inherited; child locked_vm = 0,
+  and MCL_FUTURE's def_flags are not inherited either);
+- VM_WIPEONFORK (so every droppable VMA): the child gets the VMA with no pages
+  (reads see zeros); VM_DROPPABLE and the other flags are inherited;
+- otherwise the PTEs are shared copy-on-write: present frames are write-protected
+  in both mms; swap entries and zero-page mappings are shared.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Union
+
+from .flags import ENOMEM, PAGE_SHIFT, VM_ACCOUNT, VM_INIT_DEF_MASK, VM_LOCKED_MASK
+from .overcommit import vm_enough_memory, vm_unacct_memory
+from .page import PTE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .mm_struct import MM
+
+
+def dup_mm(parent: "MM") -> Union["MM", int]:
+    """The child's mm, or -ENOMEM when commit accounting refuses it."""
+    from .mm_struct import MM
+
+    phys = parent.phys
+    charged = 0
+    for v in parent.vma_tree:
+        if v.is_dontcopy or not v.vm_flags & VM_ACCOUNT:
+            continue
+        if vm_enough_memory(phys, v.pages, parent):
+            if charged:
+                vm_unacct_memory(phys, charged)
+            return -ENOMEM
+        charged += v.pages
+
+    child = MM(phys, droppable_oom=parent.droppable_oom, rlimit_memlock=parent.rlimit_memlock,
+               cap_ipc_lock=parent.cap_ipc_lock, mmap_base=parent.mmap_base,
+               task_size=parent.task_size)
+    child.def_flags = parent.def_flags & VM_INIT_DEF_MASK
+    copied = []
+    for v in parent.vma_tree:
+        if v.is_dontcopy:
+            continue
+        cv = v.copy(vm_flags=v.vm_flags & ~VM_LOCKED_MASK)
+        if v.is_wipeonfork:
+            cv.anon_vma = None                 # no pages, a fresh anon_vma later
+        else:
+            copied.append(v)
+        child.vma_tree.insert(cv)
+        child.mark_changed(cv.start, cv.end)
+
+    ppt = parent.pt
+    for v in copied:
+        for vpn in parent.vpns_in(v.start, v.end):
+            pte = ppt[vpn]
+            if pte.none:
+                continue                       # dropped markers are not copied
+            if pte.frame is not None and pte.writable:
+                pte = PTE(pte.frame, False)    # COW: write-protect the parent too
+                parent._set_pte(vpn, pte)
+            child._set_pte(vpn, pte)
+    return child
+
+
+__all__ = ["dup_mm", "PAGE_SHIFT"]

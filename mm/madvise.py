@@ -1,0 +1,191 @@
+"""madvise(2) (mm/madvise.c) for anonymous memory.
+
+Flag advice (WIPEONFORK/KEEPONFORK, DONTDUMP/DODUMP, DONTFORK/DOFORK, RANDOM/
+SEQUENTIAL/NORMAL, HUGEPAGE/NOHUGEPAGE) splits and merges VMAs; on a droppable
+VMA, KEEPONFORK and DODUMP are refused with -EINVAL (6.11: droppable memory must
+stay wipe-on-fork and out of core dumps). DONTNEED zaps pages (next access reads
+zeros), FREE marks pages lazily freeable, PAGEOUT reclaims them now,
+POPULATE_READ/WRITE fault them in. A hole in the range gives -ENOMEM after the
+mapped parts were handled, as in Linux.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .flags import (EFAULT, EINVAL, ENOMEM, EPERM, MADV_COLD, MADV_DODUMP, MADV_DOFORK,
+                    MADV_DONTDUMP, MADV_DONTFORK, MADV_DONTNEED, MADV_DONTNEED_LOCKED,
+                    MADV_FREE, MADV_HUGEPAGE, MADV_HWPOISON, MADV_KEEPONFORK,
+                    MADV_NOHUGEPAGE, MADV_NORMAL, MADV_PAGEOUT, MADV_POPULATE_READ,
+                    MADV_POPULATE_WRITE, MADV_RANDOM, MADV_REMOVE, MADV_SEQUENTIAL,
+                    MADV_SOFT_OFFLINE, MADV_WILLNEED, MADV_WIPEONFORK, PAGE_MASK, PAGE_SHIFT,
+                    VM_DONTCOPY, VM_DONTDUMP, VM_DROPPABLE, VM_HUGEPAGE, VM_HUGETLB, VM_IO,
+                    VM_LOCKED, VM_NOHUGEPAGE, VM_PFNMAP, VM_RAND_READ, VM_SEQ_READ, VM_SHARED,
+                    VM_SPECIAL, VM_WIPEONFORK, page_align)
+from .gup import populate_range_for
+from .page import PTE
+from . import vmscan
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .mm_struct import MM
+    from .vma import VMA
+
+_FLAG_ADVICE = {MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_DONTFORK, MADV_DOFORK,
+                MADV_DONTDUMP, MADV_DODUMP, MADV_WIPEONFORK, MADV_KEEPONFORK,
+                MADV_HUGEPAGE, MADV_NOHUGEPAGE}
+_VALID = _FLAG_ADVICE | {MADV_WILLNEED, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE,
+                         MADV_REMOVE, MADV_COLD, MADV_PAGEOUT, MADV_POPULATE_READ,
+                         MADV_POPULATE_WRITE}
+
+
+def madvise_new_flags(vma: "VMA", advice: int) -> int:
+    """madvise_vma_behavior(): the VMA's new vm_flags, or -errno."""
+    f = vma.vm_flags
+    if advice == MADV_NORMAL:
+        return f & ~(VM_RAND_READ | VM_SEQ_READ)
+    if advice == MADV_SEQUENTIAL:
+        return (f & ~VM_RAND_READ) | VM_SEQ_READ
+    if advice == MADV_RANDOM:
+        return (f & ~VM_SEQ_READ) | VM_RAND_READ
+    if advice == MADV_DONTFORK:
+        return f | VM_DONTCOPY
+    if advice == MADV_DOFORK:
+        if f & VM_IO:
+            return -EINVAL
+        return f & ~VM_DONTCOPY
+    if advice == MADV_WIPEONFORK:
+        if f & VM_SHARED:                      # only private anonymous memory
+            return -EINVAL
+        return f | VM_WIPEONFORK
+    if advice == MADV_KEEPONFORK:
+        if f & VM_DROPPABLE:
+            return -EINVAL
+        return f & ~VM_WIPEONFORK
+    if advice == MADV_DONTDUMP:
+        return f | VM_DONTDUMP
+    if advice == MADV_DODUMP:
+        if (not f & VM_HUGETLB and f & VM_SPECIAL) or f & VM_DROPPABLE:
+            return -EINVAL
+        return f & ~VM_DONTDUMP
+    if advice == MADV_HUGEPAGE:
+        return (f & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
+    if advice == MADV_NOHUGEPAGE:
+        return (f & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+    raise AssertionError(advice)
+
+
+def _zap(mm: "MM", start: int, end: int) -> None:
+    """zap_page_range_single(): the range becomes none (not 'dropped')."""
+    for vpn in mm.vpns_in(start, end):
+        mm._set_pte(vpn, None)
+
+
+def _lazyfree(mm: "MM", start: int, end: int) -> None:
+    """madvise_free_pte_range(): swap entries are freed, exclusive frames become
+    lazily freeable and write-protected, so a later write (do_wp_page reuse)
+    re-dirties them and cancels the free."""
+    zero = mm.phys.zero_frame
+    for vpn in mm.vpns_in(start, end):
+        pte = mm.pt[vpn]
+        if pte.frame is None:
+            if pte.swap_slot is not None:
+                mm._set_pte(vpn, None)
+            continue
+        f = pte.frame
+        if f is zero or not f.exclusive:
+            continue
+        mm.phys.set_lazyfree(f, True)
+        if pte.writable:
+            mm._set_pte(vpn, PTE(f, False))
+
+
+def _pageout(mm: "MM", start: int, end: int) -> None:
+    """MADV_PAGEOUT: reclaim exclusively mapped pages now (drop droppable ones,
+    swap out the rest if swap has room)."""
+    phys = mm.phys
+    for vpn in mm.vpns_in(start, end):
+        pte = mm.pt.get(vpn)
+        if pte is None or pte.frame is None or pte.frame.is_zero or pte.frame.mapcount != 1:
+            continue
+        f = pte.frame
+        if f.droppable or f.lazyfree:
+            vmscan.discard_frame(phys, f)
+        elif phys.swap.free > 0:
+            vmscan.swap_out_frame(phys, f)
+
+
+def do_madvise(mm: "MM", start: int, len_in: int, advice: int) -> int:
+    if advice in (MADV_HWPOISON, MADV_SOFT_OFFLINE):
+        return -EPERM                          # needs CAP_SYS_ADMIN
+    if advice not in _VALID:
+        return -EINVAL
+    if start & ~PAGE_MASK:
+        return -EINVAL
+    length = page_align(len_in)
+    if len_in and not length:
+        return -EINVAL
+    end = start + length
+    if end < start:
+        return -EINVAL
+    if end == start:
+        return 0
+    if advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
+        pos = start
+        while pos < end:                       # the whole range must be mapped
+            v = mm.vma_tree.find(pos)
+            if v is None:
+                return -ENOMEM
+            pos = v.end
+        return populate_range_for(mm, start, end, advice == MADV_POPULATE_WRITE)
+
+    unmapped_error = 0
+    pos = start
+    while pos < end:
+        vma = mm.vma_tree.find(pos)
+        if vma is None:
+            nxt = mm.vma_tree.find_next(pos)
+            if nxt is None or nxt.start >= end:
+                unmapped_error = -ENOMEM
+                break
+            unmapped_error = -ENOMEM
+            pos = nxt.start
+            continue
+        tmp = min(vma.end, end)
+        err = _madvise_vma(mm, vma, pos, tmp, advice)
+        if err:
+            mm.vma_tree.merge_around(start, end)
+            return err
+        pos = tmp
+    mm.vma_tree.merge_around(start, end)
+    return unmapped_error
+
+
+def _madvise_vma(mm: "MM", vma: "VMA", start: int, end: int, advice: int) -> int:
+    f = vma.vm_flags
+    if advice in _FLAG_ADVICE:
+        newflags = madvise_new_flags(vma, advice)
+        if newflags < 0:
+            return newflags
+        if newflags != f:
+            for v in mm.vma_tree.isolate(start, end):
+                v.vm_flags = newflags
+        return 0
+    if advice in (MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE, MADV_COLD, MADV_PAGEOUT):
+        # can_madv_lru_vma(): not on locked, PFN-mapped or hugetlb VMAs
+        # (MADV_DONTNEED_LOCKED tolerates VM_LOCKED).
+        bad = VM_PFNMAP | VM_HUGETLB | (0 if advice == MADV_DONTNEED_LOCKED else VM_LOCKED)
+        if f & bad:
+            return -EINVAL
+    if advice in (MADV_DONTNEED, MADV_DONTNEED_LOCKED):
+        _zap(mm, start, end)
+    elif advice == MADV_FREE:
+        _lazyfree(mm, start, end)
+    elif advice == MADV_PAGEOUT:
+        _pageout(mm, start, end)
+    elif advice == MADV_REMOVE:
+        return -EINVAL                         # needs a shared (shmem/file) mapping
+    # MADV_WILLNEED and MADV_COLD are hints with no effect on this model.
+    return 0
+
+
+__all__ = ["do_madvise", "madvise_new_flags", "EFAULT", "PAGE_SHIFT"]

@@ -1,0 +1,235 @@
+"""struct mm_struct: one address space. Ties the VMAs, the page table and the
+syscall-like operations together; the logic lives in the per-concept modules.
+
+Syscall-like methods return a non-negative result or -errno, never raise for bad
+user arguments. Every PTE change and every VMA protection change is recorded for
+drain_changes(), whichever code path (or other mm's reclaim) caused it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Optional, Union
+
+from . import coredump as _coredump
+from . import fork as _fork
+from . import gup, madvise, memory, mlock, mmap, mprotect, smaps as _smaps
+from . import snapshot as _snapshot
+from . import vmscan
+from .flags import (DROPPABLE_OOM_POLICIES, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE,
+                    TASK_SIZE, VM_ACCOUNT)
+from .page import PTE
+from .physmem import PhysMem
+from .stages import FaultResult
+from .stats import MMStats
+from .vma import VMA
+from .vma_tree import VmaTree
+
+_mm_ids = itertools.count(1)
+_anon_vma_ids = itertools.count(1)
+
+# x86-64 mmap_base without ASLR: TASK_SIZE minus the default 8 MiB stack gap
+# rounded, as in an `setarch -R` process (0x7ffff7fff000-ish). Deterministic.
+DEFAULT_MMAP_BASE = 0x7FFFF7FFF000
+
+
+class MM:
+    def __init__(self, phys: PhysMem, droppable_oom: str = "skip",
+                 rlimit_memlock: int = 8 << 20, *, cap_ipc_lock: bool = False,
+                 mmap_base: int = DEFAULT_MMAP_BASE, task_size: int = TASK_SIZE,
+                 mmap_min_addr: int = MMAP_MIN_ADDR) -> None:
+        self.id = next(_mm_ids)
+        self.phys = phys
+        self.droppable_oom = droppable_oom
+        self.rlimit_memlock = rlimit_memlock
+        self.cap_ipc_lock = cap_ipc_lock
+        self.mmap_base = mmap_base
+        self.task_size = task_size
+        self.mmap_min_addr = mmap_min_addr
+        self.vma_tree = VmaTree()
+        self.pt: dict[int, PTE] = {}          # vpn -> PTE
+        self.locked_vm = 0                    # pages
+        self.def_flags = 0                    # VM_LOCKED|VM_LOCKONFAULT after MCL_FUTURE
+        self.stats = MMStats()
+        self.dead = False
+        self._changes: set[int] = set()
+        phys.register_mm(self)
+
+    # --- policy -----------------------------------------------------------------------
+    @property
+    def droppable_oom(self) -> str:
+        """'skip' (v13/v14: VM_FAULT_SKIP_INSN) or 'retry' (6.11: OOM bit cleared)."""
+        return self._droppable_oom
+
+    @droppable_oom.setter
+    def droppable_oom(self, policy: str) -> None:
+        if policy not in DROPPABLE_OOM_POLICIES:
+            raise ValueError(f"droppable_oom must be one of {DROPPABLE_OOM_POLICIES}, not {policy!r}")
+        self._droppable_oom = policy
+
+    # --- VMAs -----------------------------------------------------------------------------
+    @property
+    def vmas(self) -> list[VMA]:
+        return self.vma_tree.as_list()
+
+    def find_vma(self, addr: int) -> Optional[VMA]:
+        """The VMA containing addr (not the kernel's 'first VMA ending above addr')."""
+        return self.vma_tree.find(addr)
+
+    @property
+    def map_count(self) -> int:
+        return len(self.vma_tree)
+
+    @property
+    def total_vm(self) -> int:
+        return sum(v.pages for v in self.vma_tree.as_list())
+
+    @property
+    def committed(self) -> int:
+        """Pages this mm has charged to vm_committed_as (its VM_ACCOUNT VMAs)."""
+        return sum(v.pages for v in self.vma_tree.as_list() if v.vm_flags & VM_ACCOUNT)
+
+    def new_anon_vma_id(self) -> int:
+        return next(_anon_vma_ids)
+
+    # --- syscalls ---------------------------------------------------------------------------
+    def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1,
+             offset: int = 0) -> int:
+        return mmap.do_mmap(self, addr, length, prot, flags, fd, offset)
+
+    def munmap(self, addr: int, length: int) -> int:
+        return mmap.do_munmap(self, addr, length)
+
+    def mprotect(self, addr: int, length: int, prot: int) -> int:
+        return mprotect.do_mprotect(self, addr, length, prot)
+
+    def madvise(self, addr: int, length: int, advice: int) -> int:
+        return madvise.do_madvise(self, addr, length, advice)
+
+    def mlock(self, addr: int, length: int) -> int:
+        return mlock.sys_mlock(self, addr, length)
+
+    def mlock2(self, addr: int, length: int, flags: int) -> int:
+        return mlock.sys_mlock2(self, addr, length, flags)
+
+    def munlock(self, addr: int, length: int) -> int:
+        return mlock.sys_munlock(self, addr, length)
+
+    def mlockall(self, flags: int) -> int:
+        return mlock.sys_mlockall(self, flags)
+
+    def munlockall(self) -> int:
+        return mlock.sys_munlockall(self)
+
+    # --- faults -----------------------------------------------------------------------------
+    def access_error(self, vma: VMA, flags: int) -> bool:
+        return memory.access_error(vma, flags)
+
+    def handle_mm_fault(self, vma: Optional[VMA], address: int, flags: int) -> FaultResult:
+        return memory.handle_mm_fault(self, vma, address, flags)
+
+    # --- page table -----------------------------------------------------------------------------
+    def pte(self, vaddr: int) -> Optional[PTE]:
+        return self.pt.get(vaddr >> PAGE_SHIFT)
+
+    def vpns_in(self, start: int, end: int) -> list[int]:
+        """Sorted vpns in [start, end) that have a page-table entry."""
+        lo, hi = start >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT
+        pt = self.pt
+        if hi - lo <= len(pt):
+            return [v for v in range(lo, hi) if v in pt]
+        return sorted(v for v in pt if lo <= v < hi)
+
+    def _set_pte(self, vpn: int, new: Optional[PTE]) -> None:
+        """set_pte_at()/pte_clear() with the bookkeeping: reverse map, frame charge,
+        swap slot counts, and the change record."""
+        pt = self.pt
+        old = pt.get(vpn)
+        if old is new:
+            return
+        phys = self.phys
+        vaddr = vpn << PAGE_SHIFT
+        of = old.frame if old is not None else None
+        nf = new.frame if new is not None else None
+        if nf is not of:
+            if nf is not None and not nf.is_zero:
+                phys.rmap_add(nf, self, vaddr)
+            if of is not None and not of.is_zero:
+                phys.rmap_remove(of, self, vaddr)
+        os_ = old.swap_slot if old is not None else None
+        ns = new.swap_slot if new is not None else None
+        if ns != os_:
+            if ns is not None:
+                phys.swap.dup(ns)
+            if os_ is not None:
+                phys.swap.put(os_)
+        if new is None:
+            del pt[vpn]
+        else:
+            pt[vpn] = new
+        self._changes.add(vaddr)
+
+    def zap_range(self, start: int, end: int) -> None:
+        for vpn in self.vpns_in(start, end):
+            self._set_pte(vpn, None)
+
+    def mark_changed(self, start: int, end: int) -> None:
+        self._changes.update(range(start, end, PAGE_SIZE))
+
+    def drain_changes(self) -> set[int]:
+        """Page addresses whose PTE or VMA protection changed since the last call."""
+        ch, self._changes = self._changes, set()
+        self.phys.note_drain(self)
+        return ch
+
+    @property
+    def pending_changes(self) -> int:
+        return len(self._changes)
+
+    # --- kernel-side access -------------------------------------------------------------------
+    def read(self, addr: int, n: int) -> bytes:
+        """Peek without faulting: not present (or no VMA) -> zeros, swapped -> swap bytes."""
+        return gup.peek(self, addr, n)
+
+    def copy_from_user(self, addr: int, n: int) -> bytes:
+        """Up to n bytes, short at the first unreadable page (for instruction fetch)."""
+        return gup.copy_from_user(self, addr, n)
+
+    def poke(self, addr: int, data: bytes) -> int:
+        """FOLL_FORCE write (ptrace POKEDATA / loader); returns bytes written."""
+        return gup.poke(self, addr, data)
+
+    # --- reclaim -----------------------------------------------------------------------------------
+    def drop_droppable(self) -> int:
+        """Discard every present page of this mm's droppable VMAs; returns the count."""
+        return vmscan.drop_mm_droppable(self)
+
+    # --- fork / exit --------------------------------------------------------------------------------
+    def dup_mm(self) -> Union["MM", int]:
+        """fork(): the child's mm sharing this PhysMem, or -ENOMEM (strict overcommit)."""
+        return _fork.dup_mm(self)
+
+    def exit_mmap(self) -> None:
+        """Tear the address space down (process exit)."""
+        for v in self.vma_tree.as_list():
+            mmap.do_munmap_range(self, v.start, v.end)
+        self.dead = True
+        self.phys.unregister_mm(self)
+
+    # --- snapshots -------------------------------------------------------------------------------------
+    def snapshot(self) -> _snapshot.MMSnapshot:
+        return _snapshot.take_snapshot(self)
+
+    def restore(self, snap: _snapshot.MMSnapshot) -> None:
+        _snapshot.restore_snapshot(self, snap)
+
+    # --- views ---------------------------------------------------------------------------------------------
+    def coredump(self) -> _coredump.CoreDump:
+        return _coredump.coredump(self)
+
+    def smaps(self) -> str:
+        return _smaps.smaps(self)
+
+    def __repr__(self) -> str:
+        return (f"MM(id={self.id}, vmas={len(self.vma_tree)}, ptes={len(self.pt)}, "
+                f"locked_vm={self.locked_vm}, droppable_oom={self.droppable_oom!r})")

@@ -1,0 +1,196 @@
+"""mmap/munmap (mm/mmap.c do_mmap, mmap_region, do_vmi_munmap; get_unmapped_area).
+
+Only anonymous memory is modelled: MAP_PRIVATE and MAP_DROPPABLE. Shared
+anonymous memory (shmem) and files are refused (-ENODEV), MAP_HUGETLB as on a
+system with no huge pages reserved (-ENOMEM).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .flags import (EBADF, EEXIST, EINVAL, ENODEV, ENOMEM, EPERM, EAGAIN, MAP_ANONYMOUS,
+                    MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_LOCKED,
+                    MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED,
+                    MAP_SHARED_VALIDATE, MAP_TYPE, OVERCOMMIT_NEVER, PAGE_MASK, PAGE_SIZE,
+                    VM_ACCOUNT, VM_DONTDUMP, VM_DROPPABLE, VM_GROWSDOWN, VM_LOCKED,
+                    VM_LOCKED_MASK, VM_LOCKONFAULT, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE,
+                    VM_NORESERVE, VM_SOFTDIRTY, VM_SPECIAL, VM_WIPEONFORK, calc_vm_flag_bits,
+                    calc_vm_prot_bits, page_align)
+from .gup import populate_range
+from .overcommit import accountable_mapping, vm_enough_memory, vm_unacct_memory
+from .vma import VMA
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .mm_struct import MM
+
+MAX_MAP_COUNT = 65530           # /proc/sys/vm/max_map_count default
+
+
+def can_do_mlock(mm: "MM") -> bool:
+    """mm/mlock.c can_do_mlock(): a non-zero RLIMIT_MEMLOCK or CAP_IPC_LOCK."""
+    return mm.cap_ipc_lock or mm.rlimit_memlock != 0
+
+
+def mlock_future_ok(mm: "MM", vm_flags: int, nbytes: int) -> bool:
+    """mm/mmap.c mlock_future_ok(): would locking nbytes more stay within RLIMIT_MEMLOCK?"""
+    if not vm_flags & VM_LOCKED or mm.cap_ipc_lock:
+        return True
+    return (nbytes >> 12) + mm.locked_vm <= (mm.rlimit_memlock >> 12)
+
+
+def get_unmapped_area(mm: "MM", addr: int, length: int, flags: int) -> int:
+    """x86-64 top-down allocator: honour MAP_FIXED, then a free hint, then the
+    highest gap below mmap_base, then anything up to TASK_SIZE."""
+    task_size = mm.task_size
+    if length > task_size:
+        return -ENOMEM
+    if flags & MAP_FIXED:
+        if addr & ~PAGE_MASK:
+            return -EINVAL
+        if addr > task_size - length:
+            return -ENOMEM
+        if addr < mm.mmap_min_addr:
+            return -EPERM                    # security_mmap_addr()
+        return addr
+    if addr:
+        addr = page_align(addr)
+        if (addr <= task_size - length and addr >= mm.mmap_min_addr
+                and not mm.vma_tree.overlapping(addr, addr + length)):
+            return addr
+    for lo, hi in (mm.mmap_min_addr, mm.mmap_base), (mm.mmap_base, task_size):
+        for g0, g1 in mm.vma_tree.gaps_topdown(lo, hi):
+            if g1 - g0 >= length:
+                return g1 - length
+    return -ENOMEM
+
+
+def do_mmap(mm: "MM", addr: int, length: int, prot: int, flags: int, fd: int = -1,
+            offset: int = 0) -> int:
+    """mmap(2) for anonymous memory. Returns the address or -errno."""
+    if offset & ~PAGE_MASK:
+        return -EINVAL                       # x86 sys_mmap: offset must be page aligned
+    typ = flags & MAP_TYPE
+    if not flags & MAP_ANONYMOUS:
+        if fd < 0:
+            return -EBADF                    # ksys_mmap_pgoff: fget(fd) fails
+        # A file: do_mmap's file switch knows no MAP_DROPPABLE (6.11: droppable
+        # memory must be anonymous) and no unknown types.
+        if typ not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
+            return -EINVAL
+        return -ENODEV                       # file mappings are not modelled
+    if flags & MAP_HUGETLB and typ != MAP_DROPPABLE:
+        return -ENOMEM                       # no huge pages reserved (nr_hugepages = 0)
+
+    if length == 0:
+        return -EINVAL
+    if flags & MAP_FIXED_NOREPLACE:
+        flags |= MAP_FIXED
+    if not flags & MAP_FIXED:
+        addr &= PAGE_MASK                    # round_hint_to_min()
+        if addr and addr < mm.mmap_min_addr:
+            addr = page_align(mm.mmap_min_addr)
+    length = page_align(length)
+    if length == 0 or length > mm.task_size:
+        return -ENOMEM
+    if len(mm.vma_tree) > MAX_MAP_COUNT:
+        return -ENOMEM
+
+    vm_flags = (calc_vm_prot_bits(prot) | calc_vm_flag_bits(flags) | mm.def_flags
+                | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC)
+    if typ == MAP_DROPPABLE and not flags & MAP_LOCKED:
+        # mlockall(MCL_FUTURE) must not lock new droppable mappings (fixed upstream
+        # in 2026): VM_LOCKED from def_flags neither applies nor counts here.
+        vm_flags &= ~VM_LOCKED_MASK
+
+    addr = get_unmapped_area(mm, addr, length, flags)
+    if addr < 0:
+        return addr
+    if flags & MAP_FIXED_NOREPLACE and mm.vma_tree.overlapping(addr, addr + length):
+        return -EEXIST
+    if flags & MAP_LOCKED and not can_do_mlock(mm):
+        return -EPERM
+    if not mlock_future_ok(mm, vm_flags, length):
+        return -EAGAIN                       # MAP_LOCKED over RLIMIT_MEMLOCK
+
+    if typ == MAP_SHARED:
+        return -ENODEV                       # shared anonymous memory (shmem) not modelled
+    if typ == MAP_DROPPABLE:
+        # 6.11 mm/mmap.c: a locked or stack area makes no sense droppable; huge
+        # pages neither. Droppable pages are not reserved (VM_NORESERVE, even under
+        # OVERCOMMIT_NEVER) and too volatile to survive fork or core dumps.
+        if flags & MAP_LOCKED or flags & MAP_HUGETLB or vm_flags & VM_GROWSDOWN:
+            return -EINVAL
+        vm_flags |= VM_DROPPABLE | VM_NORESERVE | VM_WIPEONFORK | VM_DONTDUMP
+    elif typ != MAP_PRIVATE:
+        return -EINVAL                       # incl. DROPPABLE|PRIVATE, DROPPABLE|SHARED
+
+    if flags & MAP_NORESERVE and mm.phys.overcommit_memory != OVERCOMMIT_NEVER:
+        vm_flags |= VM_NORESERVE             # honoured only when overcommit is allowed
+
+    addr = mmap_region(mm, addr, length, vm_flags)
+    if addr < 0:
+        return addr
+    if (vm_flags & VM_LOCKED and not vm_flags & VM_LOCKONFAULT) or \
+            (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
+        # mm_populate(): best effort, errors ignored (mmap already succeeded).
+        populate_range(mm, addr, addr + length, ignore_errors=True)
+    return addr
+
+
+def mmap_region(mm: "MM", addr: int, length: int, vm_flags: int) -> int:
+    """Replace whatever is at [addr, addr+length) by a new anonymous VMA."""
+    end = addr + length
+    pages = length >> 12
+    old_accounted = sum(
+        (min(v.end, end) - max(v.start, addr)) >> 12
+        for v in mm.vma_tree.overlapping(addr, end) if v.vm_flags & VM_ACCOUNT)
+    charged = 0
+    if accountable_mapping(vm_flags):
+        # Charge before unmapping the old range so a refusal leaves it intact; the
+        # old range's charge carries over (mmap_region's nr_accounted).
+        charged = pages - old_accounted
+        if charged > 0 and vm_enough_memory(mm.phys, charged, mm):
+            return -ENOMEM
+        vm_flags |= VM_ACCOUNT
+    do_munmap_range(mm, addr, end)
+    if vm_flags & VM_ACCOUNT:
+        mm.phys.vm_committed_as += pages - max(charged, 0)
+    if vm_flags & VM_LOCKED:
+        if vm_flags & VM_SPECIAL:
+            vm_flags &= ~VM_LOCKED_MASK
+        else:
+            mm.locked_vm += pages
+    vma = VMA(addr, end, vm_flags | VM_SOFTDIRTY)
+    mm.vma_tree.insert(vma)
+    mm.vma_tree.merge_around(addr, end)
+    mm.mark_changed(addr, end)
+    return addr
+
+
+def do_munmap(mm: "MM", start: int, length: int) -> int:
+    """munmap(2)."""
+    if start & ~PAGE_MASK or start > mm.task_size or length > mm.task_size - start:
+        return -EINVAL
+    length = page_align(length)
+    if length == 0:
+        return -EINVAL
+    do_munmap_range(mm, start, start + length)
+    return 0
+
+
+def do_munmap_range(mm: "MM", start: int, end: int) -> None:
+    """Remove [start, end): split boundary VMAs, free their pages and swap slots,
+    undo their commit charge and locked_vm."""
+    for v in mm.vma_tree.isolate(start, end):
+        if v.vm_flags & VM_ACCOUNT:
+            vm_unacct_memory(mm.phys, v.pages)
+        if v.vm_flags & VM_LOCKED:
+            mm.locked_vm -= v.pages
+        mm.zap_range(v.start, v.end)
+        mm.vma_tree.remove(v)
+        mm.mark_changed(v.start, v.end)
+
+
+__all__ = ["do_mmap", "do_munmap", "get_unmapped_area", "mmap_region", "can_do_mlock",
+           "mlock_future_ok", "PAGE_SIZE"]

@@ -1,0 +1,112 @@
+"""/proc/PID/smaps-like text (fs/proc/task_mmu.c show_smap, show_smap_vma_flags).
+
+Dirty state is not tracked: every anonymous page with a real frame counts as
+dirty (true for zero-filled, COW-copied and written pages) except MADV_FREE'd ones
+not written since, which are counted as clean LazyFree. The zero page is not a
+"normal" page and counts in no Rss, like in Linux.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .flags import (PAGE_SIZE, VM_ACCOUNT, VM_ARCH_1, VM_DONTCOPY, VM_DONTDUMP,
+                    VM_DONTEXPAND, VM_DROPPABLE, VM_EXEC, VM_GROWSDOWN, VM_HUGEPAGE,
+                    VM_HUGETLB, VM_IO, VM_LOCKED, VM_LOCKONFAULT, VM_MAYEXEC, VM_MAYREAD,
+                    VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE, VM_MIXEDMAP, VM_NOHUGEPAGE,
+                    VM_NORESERVE, VM_PFNMAP, VM_RAND_READ, VM_READ, VM_SEALED, VM_SEQ_READ,
+                    VM_SHADOW_STACK, VM_SHARED, VM_SOFTDIRTY, VM_SYNC, VM_UFFD_MINOR,
+                    VM_UFFD_MISSING, VM_UFFD_WP, VM_WIPEONFORK, VM_WRITE)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .mm_struct import MM
+
+# Two-letter VmFlags mnemonics, in bit order as the kernel prints them.
+VM_FLAG_MNEMONICS: dict[int, str] = {
+    VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh",
+    VM_MAYREAD: "mr", VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms",
+    VM_GROWSDOWN: "gd", VM_UFFD_MISSING: "um", VM_PFNMAP: "pf", VM_UFFD_WP: "uw",
+    VM_LOCKED: "lo", VM_IO: "io", VM_SEQ_READ: "sr", VM_RAND_READ: "rr",
+    VM_DONTCOPY: "dc", VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac",
+    VM_NORESERVE: "nr", VM_HUGETLB: "ht", VM_SYNC: "sf", VM_ARCH_1: "ar",
+    VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd", VM_SOFTDIRTY: "sd", VM_MIXEDMAP: "mm",
+    VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh", VM_MERGEABLE: "mg",
+    VM_SHADOW_STACK: "ss", VM_UFFD_MINOR: "ui", VM_DROPPABLE: "dp", VM_SEALED: "sl",
+}
+
+
+def vm_flags_str(vm_flags: int) -> str:
+    """'rd wr mr mw me ac' for vm_flags."""
+    return " ".join(m for bit, m in sorted(VM_FLAG_MNEMONICS.items()) if vm_flags & bit)
+
+
+def vma_header(vma) -> str:
+    f = vma.vm_flags
+    perms = (("r" if f & VM_READ else "-") + ("w" if f & VM_WRITE else "-")
+             + ("x" if f & VM_EXEC else "-") + ("s" if f & VM_MAYSHARE else "p"))
+    line = f"{vma.start:08x}-{vma.end:08x} {perms} {0:08x} 00:00 0 "
+    if vma.name:
+        line = line.ljust(73) + f"[anon:{vma.name}]"
+    return line
+
+
+def vma_usage(mm: "MM", vma) -> dict[str, int]:
+    """Per-VMA page counters in kB, as show_smap computes them."""
+    rss = shared = private = swap = lazy = 0
+    pss = pss_dirty = swap_pss = 0.0
+    zero = mm.phys.zero_frame
+    swapmap = mm.phys.swap.slots
+    for vpn in mm.vpns_in(vma.start, vma.end):
+        pte = mm.pt[vpn]
+        f = pte.frame
+        if f is None:
+            if pte.swap_slot is not None:
+                swap += 1
+                s = swapmap.get(pte.swap_slot)
+                swap_pss += 1.0 / max(1, s.refs if s is not None else 1)
+            continue
+        if f is zero:
+            continue
+        rss += 1
+        mc = max(1, f.mapcount)
+        pss += 1.0 / mc
+        if mc > 1:
+            shared += 1
+        else:
+            private += 1
+        if f.lazyfree:
+            lazy += 1
+        else:
+            pss_dirty += 1.0 / mc
+    kb = PAGE_SIZE // 1024
+    locked = vma.vm_flags & VM_LOCKED
+    return {
+        "Size": vma.size // 1024, "Rss": rss * kb, "Pss": int(pss * kb),
+        "Pss_Dirty": int(pss_dirty * kb), "Shared": shared * kb, "Private": private * kb,
+        "Swap": swap * kb, "SwapPss": int(swap_pss * kb), "LazyFree": lazy * kb,
+        "Locked": int(pss * kb) if locked else 0,
+    }
+
+
+def smaps(mm: "MM") -> str:
+    out = []
+    kb = PAGE_SIZE // 1024
+    for v in mm.vma_tree:
+        u = vma_usage(mm, v)
+        lazy = u["LazyFree"]
+        out.append(vma_header(v))
+        rows = [
+            ("Size", u["Size"]), ("KernelPageSize", kb), ("MMUPageSize", kb),
+            ("Rss", u["Rss"]), ("Pss", u["Pss"]), ("Pss_Dirty", u["Pss_Dirty"]),
+            ("Shared_Clean", 0), ("Shared_Dirty", u["Shared"]),
+            ("Private_Clean", lazy), ("Private_Dirty", u["Private"] - lazy),
+            ("Referenced", u["Rss"]), ("Anonymous", u["Rss"]), ("KSM", 0),
+            ("LazyFree", lazy), ("AnonHugePages", 0), ("ShmemPmdMapped", 0),
+            ("FilePmdMapped", 0), ("Shared_Hugetlb", 0), ("Private_Hugetlb", 0),
+            ("Swap", u["Swap"]), ("SwapPss", u["SwapPss"]), ("Locked", u["Locked"]),
+        ]
+        for name, val in rows:
+            out.append(f"{name + ':':<16}{val:>8} kB")
+        out.append(f"THPeligible:    {0:>8}")
+        out.append(f"VmFlags: {vm_flags_str(v.vm_flags)} ")
+    return "\n".join(out) + ("\n" if out else "")

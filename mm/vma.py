@@ -1,0 +1,106 @@
+"""struct vm_area_struct: one virtual memory area of an mm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from .flags import (PAGE_SHIFT, PROT_EXEC, PROT_READ, PROT_WRITE, VM_ACCOUNT,
+                    VM_DONTCOPY, VM_DONTDUMP, VM_DROPPABLE, VM_EXEC, VM_LOCKED,
+                    VM_LOCKONFAULT, VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED,
+                    VM_SOFTDIRTY, VM_SPECIAL, VM_WIPEONFORK, VM_WRITE)
+
+
+@dataclass
+class VMA:
+    """[start, end) with vm_flags. Only anonymous memory is modelled, so there is
+    no vm_file/vm_pgoff; ``anon_vma`` stands for the kernel's anon_vma pointer:
+    None until the first page is allocated (anon_vma_prepare), then an id shared
+    by the pieces of a split (it decides mergeability and core-dump size)."""
+
+    start: int
+    end: int
+    vm_flags: int
+    name: str = ""
+    anon_vma: Optional[int] = None
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def pages(self) -> int:
+        return (self.end - self.start) >> PAGE_SHIFT
+
+    @property
+    def prot(self) -> int:
+        f = self.vm_flags
+        return ((PROT_READ if f & VM_READ else 0) | (PROT_WRITE if f & VM_WRITE else 0)
+                | (PROT_EXEC if f & VM_EXEC else 0))
+
+    def contains(self, addr: int) -> bool:
+        return self.start <= addr < self.end
+
+    @property
+    def is_droppable(self) -> bool:
+        return bool(self.vm_flags & VM_DROPPABLE)
+
+    @property
+    def is_locked(self) -> bool:
+        return bool(self.vm_flags & VM_LOCKED)
+
+    @property
+    def is_lockonfault(self) -> bool:
+        return bool(self.vm_flags & VM_LOCKONFAULT)
+
+    @property
+    def is_wipeonfork(self) -> bool:
+        return bool(self.vm_flags & VM_WIPEONFORK)
+
+    @property
+    def is_dontcopy(self) -> bool:
+        return bool(self.vm_flags & VM_DONTCOPY)
+
+    @property
+    def is_dontdump(self) -> bool:
+        return bool(self.vm_flags & VM_DONTDUMP)
+
+    @property
+    def is_accounted(self) -> bool:
+        return bool(self.vm_flags & VM_ACCOUNT)
+
+    @property
+    def is_noreserve(self) -> bool:
+        return bool(self.vm_flags & VM_NORESERVE)
+
+    @property
+    def is_anonymous(self) -> bool:
+        return True                      # no file mappings in this model
+
+    @property
+    def is_cow_mapping(self) -> bool:
+        """is_cow_mapping(): private and may become writable."""
+        return (self.vm_flags & (VM_SHARED | VM_MAYWRITE)) == VM_MAYWRITE
+
+    @property
+    def is_accessible(self) -> bool:
+        return bool(self.vm_flags & (VM_READ | VM_WRITE | VM_EXEC))
+
+    def copy(self, **changes) -> "VMA":
+        return replace(self, **changes)
+
+    def __repr__(self) -> str:  # compact, kernel-ish
+        from .smaps import vm_flags_str
+        n = f" {self.name}" if self.name else ""
+        return f"VMA({self.start:#x}-{self.end:#x} [{vm_flags_str(self.vm_flags)}]{n})"
+
+
+def can_merge(a: VMA, b: VMA) -> bool:
+    """is_mergeable_vma() for two adjacent anonymous VMAs, a directly below b:
+    same flags apart from VM_SOFTDIRTY, same anon name, compatible anon_vma, and
+    nothing VM_SPECIAL."""
+    return (a.end == b.start
+            and ((a.vm_flags ^ b.vm_flags) & ~VM_SOFTDIRTY) == 0
+            and not (a.vm_flags & VM_SPECIAL)
+            and a.name == b.name
+            and (a.anon_vma is None or b.anon_vma is None or a.anon_vma == b.anon_vma))

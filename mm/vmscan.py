@@ -1,0 +1,155 @@
+"""Page reclaim (mm/vmscan.c, mm/rmap.c try_to_unmap_one).
+
+Order of a shrink pass, SWAP_CLUSTER_MAX pages at a time, oldest first:
+ 1. discardable frames: droppable ones (never swap-backed; discarded even when
+    dirty: 6.11 try_to_unmap_one skips the "dirty lazyfree -> keep" rule for
+    VM_DROPPABLE) and MADV_FREE'd ones not written since;
+ 2. only when pass 1 freed nothing, and only with free swap: other anonymous frames
+    are swapped out (bytes copied into a slot, every mapping PTE replaced by the
+    swap entry).
+mlocked frames (mapped by a VM_LOCKED VMA) are never reclaimed (the kernel moves
+them to the unevictable list; here they are rotated to the LRU tail). Frames pinned
+by a fault in progress are skipped too (an elevated refcount makes reclaim fail).
+
+Unmapping goes through the reverse map, so the PTE change is recorded in whichever
+mm maps the frame, not only the one that triggered reclaim.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from .flags import PAGE_SHIFT, VM_LOCKED
+from .page import DROPPED_PTE, PTE, Frame
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .mm_struct import MM
+    from .physmem import PhysMem
+
+
+@dataclass
+class ReclaimResult:
+    dropped: int = 0        # droppable/lazyfree frames discarded
+    swapped: int = 0        # anonymous frames swapped out
+    scanned: int = 0
+    unevictable: int = 0    # skipped: mlocked
+    pinned: int = 0         # skipped: in use by the fault in progress
+    swap_full: bool = False
+
+    @property
+    def reclaimed(self) -> int:
+        return self.dropped + self.swapped
+
+    def detail(self) -> dict:
+        return asdict(self)
+
+
+def frame_mlocked(frame: Frame) -> bool:
+    """folio mlocked: mapped by at least one VM_LOCKED VMA."""
+    for mm, vaddr in frame.rmap:
+        vma = mm.find_vma(vaddr)
+        if vma is not None and vma.vm_flags & VM_LOCKED:
+            return True
+    return False
+
+
+def discard_frame(phys: "PhysMem", frame: Frame) -> None:
+    """Unmap a discardable frame from every PTE. Droppable pages leave the
+    'dropped' marker; a later read maps the zero page, a write a fresh zeroed frame."""
+    marker = DROPPED_PTE if frame.droppable else None
+    for mm, vaddr in list(frame.rmap):
+        mm._set_pte(vaddr >> PAGE_SHIFT, marker)
+        mm.stats.drops += 1
+    phys.stats.drops += 1
+
+
+def swap_out_frame(phys: "PhysMem", frame: Frame) -> bool:
+    """Write the frame to a swap slot and point every mapping PTE at it."""
+    slot = phys.swap.alloc(frame.data)
+    if slot is None:
+        return False
+    pte = PTE(None, False, slot.slot)
+    for mm, vaddr in list(frame.rmap):
+        mm._set_pte(vaddr >> PAGE_SHIFT, pte)
+        mm.stats.swapouts += 1
+    phys.stats.swapouts += 1
+    return True
+
+
+def _scan(phys: "PhysMem", lru: "OrderedDict[Frame, None]", target: int,
+          res: ReclaimResult, swap: bool) -> int:
+    got = 0
+    budget = len(lru)                       # look at each frame at most once per pass
+    while lru and budget > 0 and got < target:
+        budget -= 1
+        frame = next(iter(lru))
+        res.scanned += 1
+        if frame in phys.pinned:
+            lru.move_to_end(frame)
+            res.pinned += 1
+            continue
+        if frame_mlocked(frame):
+            lru.move_to_end(frame)
+            res.unevictable += 1
+            continue
+        if swap:
+            if not swap_out_frame(phys, frame):
+                res.swap_full = True
+                break
+            res.swapped += 1
+        else:
+            discard_frame(phys, frame)
+            res.dropped += 1
+        got += 1
+    return got
+
+
+def shrink(phys: "PhysMem", nr_to_reclaim: int) -> ReclaimResult:
+    """One reclaim pass: discardable pages first, then swap-out (if any swap)."""
+    phys.stats.reclaim_runs += 1
+    res = ReclaimResult()
+    _scan(phys, phys.lru_drop, nr_to_reclaim, res, swap=False)
+    if res.dropped == 0 and phys.swap.nr_pages > 0:
+        _scan(phys, phys.lru_anon, nr_to_reclaim, res, swap=True)
+    return res
+
+
+def reclaim(phys: "PhysMem", need: int) -> ReclaimResult:
+    """try_to_free_pages(): shrink until ``need`` pages were freed or no progress."""
+    total = ReclaimResult()
+    while True:
+        r = shrink(phys, max(need - total.reclaimed, phys.reclaim_batch))
+        for k in ("dropped", "swapped", "scanned", "unevictable", "pinned"):
+            setattr(total, k, getattr(total, k) + getattr(r, k))
+        total.swap_full = total.swap_full or r.swap_full
+        if r.reclaimed == 0 or total.reclaimed >= need:
+            return total
+
+
+def drop_mm_droppable(mm: "MM") -> int:
+    """Discard every present page of mm's droppable VMAs (the `drop` injection:
+    what reclaim would eventually do to all of them). Returns pages dropped."""
+    zero = mm.phys.zero_frame
+    frames = []
+    seen = set()
+    for vpn, pte in mm.pt.items():
+        f = pte.frame
+        if f is None or f is zero or f in seen:
+            continue
+        vma = mm.find_vma(vpn << PAGE_SHIFT)
+        if vma is not None and vma.is_droppable:
+            seen.add(f)
+            frames.append(f)
+    for f in frames:
+        discard_frame(mm.phys, f)
+    return len(frames)
+
+
+def drop_all_droppable(phys: "PhysMem") -> int:
+    """Discard every droppable frame of every mm sharing phys."""
+    frames = [f for f in phys.lru_drop if f.droppable]
+    for f in frames:
+        discard_frame(phys, f)
+    return len(frames)

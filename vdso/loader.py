@@ -1,0 +1,58 @@
+"""Resolve an --image argument to a VdsoImage."""
+from __future__ import annotations
+
+import os
+
+from emulator.errors import ImageError
+from vdso.image import VdsoImage
+
+BUILTIN_KINDS = ("builtin", "builtin-v14")
+
+
+def default_image_name() -> str:
+    """Our own assembled vDSO is the embedded default (works on any kernel)."""
+    return "builtin" if builtin_available() else "host"
+
+
+def builtin_available() -> bool:
+    try:
+        import vdso.asm_build  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def load_image(spec: str) -> VdsoImage:
+    img = _load(spec)
+    check_faithful(img)
+    return img
+
+
+def check_faithful(img: VdsoImage, entry: str = "__vdso_getrandom") -> None:
+    """Refuse, before anything runs, code Unicorn would run unlike the CPU
+    (AVX/EVEX, lock bt* reg): every instruction reachable from the entry."""
+    from emulator.decode import reachable_insns, unfaithful_reason
+    from emulator.errors import UnfaithfulInstruction
+    insns = reachable_insns(img.text, img.base, [img.symbol(entry)])
+    for a in sorted(insns):
+        ins = insns[a]
+        why = unfaithful_reason(ins.raw, ins.mnemonic, ins.op_str)
+        if why:
+            where = img.source_lines.get(a - img.base) or f"{img.name}+{a - img.base:#x}"
+            raise UnfaithfulInstruction(f"{where}: {why}; Unicorn 2.1.4 cannot run it faithfully")
+
+
+def _load(spec: str) -> VdsoImage:
+    from vdso.elf_image import load_elf, load_host
+    if spec == "host":
+        return load_host()
+    if spec in BUILTIN_KINDS or spec.endswith(".s") or spec.endswith(".S"):
+        if not builtin_available():
+            raise ImageError(f"{spec}: the assembler image builder is not available")
+        from vdso.asm_build import build_image
+        if spec not in BUILTIN_KINDS and not os.path.exists(spec):
+            raise ImageError(f"{spec}: no such file")
+        return build_image(spec)
+    if not os.path.exists(spec):
+        raise ImageError(f"{spec}: no such file (expected host, builtin, builtin-v14, a vdso.so or a .s file)")
+    return load_elf(spec)
