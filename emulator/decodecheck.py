@@ -15,7 +15,9 @@ Each disagreement is run through Unicorn as a third opinion and named by
 
 from __future__ import annotations
 
+import bisect
 import os
+import struct
 import subprocess
 import time
 from collections import Counter
@@ -23,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from elftools.common.exceptions import ELFError
+from elftools.dwarf.callframe import FDE
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from .errors import ImageError
+from .errors import FaultpathError, ImageError
 from .insn_length import (
     CLASSES,
     MAX_INSN_LEN,
@@ -124,8 +127,20 @@ def _exec_sections(path: str) -> list[_Section]:
     except OSError as e:
         raise ImageError(f"{path}: {e.strerror or e}") from None
     with f:
-        if f.read(4) != b"\x7fELF":
+        head = f.read(64)
+        if head[:4] != b"\x7fELF":
             raise ImageError(f"{path}: not an ELF file")
+        if head[4:5] != b"\x02" or head[5:6] != b"\x01":
+            raise ImageError(f"{path}: not a 64-bit little-endian ELF file")
+        if len(head) < 64:
+            raise ImageError(f"{path}: truncated ELF header ({size} bytes)")
+        e_shoff, = struct.unpack_from("<Q", head, 0x28)
+        e_shentsize, e_shnum = struct.unpack_from("<HH", head, 0x3A)
+        if e_shnum == 0:
+            raise ImageError(f"{path}: no section headers")
+        if e_shoff + e_shentsize * e_shnum > size:
+            raise ImageError(f"{path}: truncated (section headers end at "
+                             f"{e_shoff + e_shentsize * e_shnum:#x}, file is {size:#x} bytes)")
         f.seek(0)
         try:
             elf = ELFFile(f)
@@ -153,6 +168,55 @@ def _exec_sections(path: str) -> list[_Section]:
     if not sections:
         raise ImageError(f"{path}: no executable sections")
     return sections
+
+
+class _CodeMap:
+    """Address ranges known to hold code: FDEs in .eh_frame (present even in
+    stripped binaries; hand-written assembly with CFI too) and sized FUNC
+    symbols.  Bytes outside all of them (tables in .text, padding) are
+    "data-or-padding" when the decoders disagree there.  Loaded only when a
+    mismatch needs it (pyelftools' CFI parser takes ~2 s on libcrypto)."""
+
+    def __init__(self, ranges: list[tuple[int, int]]):
+        merged: list[list[int]] = []
+        for lo, hi in sorted(r for r in ranges if r[1] > r[0]):
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self.starts = [lo for lo, _ in merged]
+        self.ends = [hi for _, hi in merged]
+
+    def covers(self, addr: int) -> bool | None:
+        """True/False, or None when the file gives no code ranges at all."""
+        if not self.starts:
+            return None
+        i = bisect.bisect_right(self.starts, addr) - 1
+        return i >= 0 and addr < self.ends[i]
+
+    @classmethod
+    def load(cls, path: str) -> "_CodeMap":
+        ranges: list[tuple[int, int]] = []
+        try:
+            with open(path, "rb") as f:
+                elf = ELFFile(f)
+                for name in (".symtab", ".dynsym"):
+                    sym_sec = elf.get_section_by_name(name)
+                    if sym_sec is None or not hasattr(sym_sec, "iter_symbols"):
+                        continue
+                    for sym in sym_sec.iter_symbols():
+                        if sym["st_info"]["type"] == "STT_FUNC" and sym["st_size"]:
+                            ranges.append((sym["st_value"], sym["st_value"] + sym["st_size"]))
+                if elf.get_section_by_name(".eh_frame") is not None:
+                    dwarf = elf.get_dwarf_info(relocate_dwarf_sections=False)
+                    if dwarf.has_EH_CFI():
+                        for entry in dwarf.EH_CFI_entries():
+                            if isinstance(entry, FDE):
+                                lo = entry.header["initial_location"]
+                                ranges.append((lo, lo + entry.header["address_range"]))
+        except Exception:        # best effort: unknown layout -> no ranges
+            pass
+        return cls(ranges)
 
 
 # --------------------------------------------------------------------------
@@ -221,19 +285,22 @@ def decodecheck(path: str | os.PathLike, *, max_examples: int = DEFAULT_EXAMPLES
     """Compare capstone's and objdump's instruction lengths over the
     executable sections of the ELF file at ``path``.
 
-    Raises ImageError (one line) for a missing, non-ELF, non-x86-64 or
-    truncated file, and FileNotFoundError-free: a missing objdump is an
-    ImageError too (callers that want to skip should test have_objdump()).
+    ``max_examples`` bounds the examples kept per class; ``use_unicorn``
+    asks Unicorn for a third opinion at each mismatch (cached per byte
+    string).  Raises ImageError (one line) for a missing, unreadable,
+    non-ELF, non-x86-64 or truncated file, and FaultpathError when objdump
+    is not installed (see have_objdump()).
     """
     path = os.fspath(path)
     t0 = time.monotonic()
     sections = _exec_sections(path)
     if not have_objdump():
-        raise ImageError("decodecheck needs GNU objdump on PATH")
+        raise FaultpathError("decodecheck needs GNU objdump (binutils) on PATH")
     report = Report(path=path, sections=[(s.name, s.addr, len(s.data)) for s in sections])
     by_name = {s.name: s for s in sections}
     walks: dict[str, _CapstoneWalk] = {}
     unicorn_cache: dict[bytes, int | None] = {}
+    code_map: _CodeMap | None = None         # loaded at the first mismatch
 
     for sec_name, addr, nbytes, text in _objdump_stream(path, sections):
         sec = by_name.get(sec_name)
@@ -260,10 +327,13 @@ def decodecheck(path: str | os.PathLike, *, max_examples: int = DEFAULT_EXAMPLES
             uc_len = unicorn_cache[code]
         else:
             uc_len = None
-        cls = classify(code, cs_len, od_len, uc_len)
-        if cls == "agree":          # e.g. capstone and objdump differ only by
-            report.agreements += 1  # objdump's symbol-boundary cut (none seen)
-            continue
+        if text.startswith(".byte"):
+            in_code = False         # objdump: the bytes run into the next symbol
+        else:
+            if code_map is None:
+                code_map = _CodeMap.load(path)
+            in_code = code_map.covers(addr)
+        cls = classify(code, cs_len, od_len, uc_len, in_code=in_code, objdump_text=text)
         report.mismatches[cls] += 1
         ex = report.examples.setdefault(cls, [])
         if len(ex) < max_examples:

@@ -86,10 +86,32 @@ def have_objdump() -> bool:
     return shutil.which(OBJDUMP) is not None
 
 
+_OBJDUMP_BAD_OPERAND = re.compile(r"(?:^|[ ,])\?(?:$|[ ,])")
+
+
 def objdump_is_bad(text: str) -> bool:
-    """objdump's way of saying it could not decode: "(bad)" or a bare
-    ".byte"."""
-    return "(bad)" in text or text.startswith(".byte")
+    """objdump's ways of saying it could not decode: "(bad)", a bare ".byte"
+    (bytes cut off by a symbol or section end), or a "?" operand (an
+    invalid segment register, e.g. "8c fa" = "mov edx,?")."""
+    if "(bad)" in text or text.startswith(".byte"):
+        return True
+    operands = text.split("#", 1)[0].split("<", 1)[0]
+    return _OBJDUMP_BAD_OPERAND.search(operands) is not None
+
+
+# objdump prints a prefix on its own line when it decides the prefix does
+# not belong to the next instruction (a REX followed by another prefix, a
+# second REX, a prefix before fwait...).
+_PREFIX_WORD = re.compile(
+    r"(?:rex(?:\.[WRXB]+)?|data16|addr32|[cdefgs]s|lock|rep|repz|repnz|bnd|notrack"
+    r"|xacquire|xrelease)$")
+
+
+def objdump_prefix_only(text: str) -> bool:
+    """True if objdump's text is nothing but prefix names ("rex.WX", "ds
+    rex.WRX", "data16 rex.W")."""
+    words = text.split()
+    return bool(words) and all(_PREFIX_WORD.match(w) for w in words)
 
 
 def parse_objdump(lines: Iterable[str]) -> Iterator[tuple[str | None, int, int, str]]:
@@ -629,6 +651,12 @@ def _rejected_only_for_lock(code: bytes, others: set[int]) -> bool:
     return n is not None and others == {n + nlock}
 
 
+def _objdump_cut_after_prefix(code: bytes, objdump_len: int) -> bool:
+    """objdump's instruction is only prefix bytes of ``code``."""
+    return 0 < objdump_len <= len(code) and all(
+        b in _LEGACY_PREFIXES or 0x40 <= b <= 0x4F for b in code[:objdump_len])
+
+
 def _known_valid_alias(code: bytes) -> bool:
     """Encodings the CPU runs that capstone (and objdump) may reject: the
     capstone-rejects-valid entries of CAPSTONE_CORRECTIONS."""
@@ -646,13 +674,15 @@ CLASSES = (
     "invalid-lock-prefix",
     "capstone-ud0-ud1-no-modrm",
     "objdump-fwait-prefix",
+    "objdump-prefix-split",
     "unicorn-only",
     "unexplained",
 )
 
 
 def classify(code: bytes, capstone_len: int | None, objdump_len: int | None,
-             unicorn_len: int | None, *, in_code: bool | None = None) -> str:
+             unicorn_len: int | None, *, in_code: bool | None = None,
+             objdump_text: str | None = None) -> str:
     """Name the divergence between the three oracles for ``code``.
 
     ``None`` means the oracle rejected the bytes (objdump: "(bad)").  Unicorn
@@ -684,6 +714,14 @@ def classify(code: bytes, capstone_len: int | None, objdump_len: int | None,
                              instruction ("finit") or prints a prefix before
                              it alone; capstone and Unicorn make fwait its
                              own instruction, as the CPU does;   [measured]
+      objdump-prefix-split   objdump prints the leading prefix(es) as an
+                             instruction of their own ("rex.WX": a REX
+                             followed by another prefix or REX, which the
+                             CPU ignores but still consumes); capstone and
+                             Unicorn count them in the instruction (or both
+                             reject the whole).  Needs ``objdump_text``, or
+                             recognises a REX byte objdump stopped after.
+                                                           [measured]
       capstone-rejects-valid capstone None; objdump and/or Unicorn decode it
                              to one length; if only Unicorn does, the
                              encoding must be a known alias the CPU runs
@@ -713,6 +751,11 @@ def classify(code: bytes, capstone_len: int | None, objdump_len: int | None,
         return "capstone-ud0-ud1-no-modrm"
     if _is_fwait(code) and capstone_len is not None and unicorn_len in (None, capstone_len):
         return "objdump-fwait-prefix"
+    if unicorn_len in (None, capstone_len) and objdump_len is not None and (
+            capstone_len is None or objdump_len < capstone_len) and (
+            objdump_prefix_only(objdump_text) if objdump_text is not None
+            else _objdump_cut_after_prefix(code, objdump_len)):
+        return "objdump-prefix-split"
     if capstone_len is None and len(others) == 1:
         if objdump_len is None and not _known_valid_alias(code):
             return "unicorn-only"

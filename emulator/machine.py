@@ -15,6 +15,7 @@ writable pages, which keep split stores observable.
 from __future__ import annotations
 
 import ctypes
+from collections import Counter
 from dataclasses import dataclass, field
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_MEM_PROT, UC_HOOK_MEM_UNMAPPED,
@@ -432,6 +433,27 @@ class Machine:
         """Turn the recorded blocks into retired instructions and cycles."""
         entries = self.recorder.entries()
         if not entries:
+            return
+        # Fast path: order only matters for rep-string continuations and for the
+        # last (possibly partial) block, so count identical entries in C and
+        # multiply by their cached per-block figures.
+        counts = Counter(entries)
+        infos = {e: self.blocks.get(e) for e in counts}
+        if not any(i.rep_tail or i.unfaithful for i in infos.values()):
+            last = infos[entries[-1]]
+            ninsn = 0
+            cyc = 0.0
+            for e, c in counts.items():
+                info = infos[e]
+                ninsn += c * info.ninsns
+                cyc += c * info.prefix_cost[-1]
+            k = last.executed_before(stop_rip)
+            ninsn -= last.ninsns - k
+            cyc -= last.prefix_cost[-1] - last.prefix_cost[k]
+            ctx.index += ninsn
+            ctx.rep_open = None
+            ctx.cycles += cyc
+            ctx.result.instructions = ctx.index
             return
         last = len(entries) - 1
         idx = ctx.index

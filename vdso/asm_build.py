@@ -56,11 +56,14 @@ VdsoImage.source_lines.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
+import select
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +78,9 @@ RNG_DATA_SYMBOL = "vdso_rng_data"
 CHACHA_SYMBOL = "__arch_chacha20_blocks_nostack"
 CHACHA_SOURCE = "chacha20_blocks.s"
 
+# A user file's assembly runs in a child process, killed after this long.
+ISOLATED_TIMEOUT = 30.0
+
 # Padding after the code up to the page end: int3, so running off the end traps.
 PAD_BYTE = 0xCC
 
@@ -84,6 +90,8 @@ class Build:
     sources: tuple[str, ...]      # files in asm/, assembled in this order
     abi: str
 
+
+_builtin_cache: dict[tuple, VdsoImage] = {}   # keyed by the source texts
 
 BUILDS: dict[str, Build] = {
     "builtin": Build(("vgetrandom.s", CHACHA_SOURCE), ABI_6_11),
@@ -107,7 +115,14 @@ def build_image(kind_or_path: str, abi: str | None = None) -> VdsoImage:
     if kind_or_path in BUILDS:
         build = BUILDS[kind_or_path]
         files = [_read_source(ASM_DIR / name) for name in build.sources]
-        return _build_image(kind_or_path, files, abi or build.abi)
+        key = (kind_or_path, abi or build.abi, tuple(files))
+        if key not in _builtin_cache:
+            _builtin_cache.clear()
+            _builtin_cache[key] = _build_image(kind_or_path, files, abi or build.abi)
+        img = _builtin_cache[key]
+        # A fresh object each time: callers may edit the dicts.
+        return dataclasses.replace(img, symbols=dict(img.symbols),
+                                   source_lines=dict(img.source_lines))
     if not kind_or_path.endswith(".s"):
         raise AssemblyError(f"{kind_or_path}: not an assembly source (expected "
                             f"{', '.join(BUILDS)} or a path ending in .s)")
@@ -200,6 +215,7 @@ class _Line:
     labels: tuple[str, ...] = ()
     assigns: tuple[str, ...] = ()
     in_macro: bool = False
+    raw: str = ""                  # the source line, comments stripped
 
     @property
     def where(self) -> str:
@@ -289,12 +305,40 @@ def _statements(code: str) -> list[str]:
     return [s for s in (s.strip() for s in stmts) if s]
 
 
+# Keystone hangs on `.zero -1`, `.skip 0x100000000`, `.p2align 0x40`; refuse
+# such sizes up front.  Only plain numeric arguments can be checked.
+_MAX_EMIT = 16 << 20
+
+
+def _check_size_directive(line: "_Line", word: str, stmt: str) -> None:
+    args = [a.strip() for a in stmt[len(word):].split(",")]
+
+    def num(k):
+        if k < len(args) and re.fullmatch(r"-?0x[0-9a-fA-F]+|-?0b[01]+", args[k]):
+            return int(args[k], 0)
+        return None
+    first = num(0)
+    bad = None
+    if word in (".zero", ".skip", ".space") and first is not None:
+        bad = not 0 <= first <= _MAX_EMIT
+    elif word == ".fill" and first is not None:
+        size = num(1) if num(1) is not None else 1
+        bad = not (0 <= first and 0 <= size <= 8 and first * size <= _MAX_EMIT)
+    elif word.startswith(".p2align") and first is not None:
+        bad = not 0 <= first <= 12
+    elif word.startswith((".balign", ".align")) and first is not None:
+        bad = not (0 <= first <= PAGE_SIZE)
+    if bad:
+        raise AssemblyError(f"{line.where}: `{line.raw}`: size out of range (at most "
+                            f"{_MAX_EMIT:#x} bytes of data, alignment at most a page)")
+
+
 def _parse(display: str, text: str) -> list[_Line]:
     lines: list[_Line] = []
     depth = 0
     macro_depth = 0
     for lineno, raw in enumerate(_strip_comments(text), 1):
-        line = _Line(display, lineno, depth=depth, in_macro=macro_depth > 0)
+        line = _Line(display, lineno, depth=depth, in_macro=macro_depth > 0, raw=raw.strip())
         lines.append(line)
         code = _normalize_numbers(raw).strip()
         if not code:
@@ -318,8 +362,8 @@ def _parse(display: str, text: str) -> list[_Line]:
                     continue
                 raise AssemblyError(
                     f"{line.where}: only the .text section is supported (the image is "
-                    f"one text mapping); put data in .text instead of `{stmt}`")
-            if word in _DROPPED_DIRECTIVES:
+                    f"one text mapping); put data in .text instead of `{line.raw}`")
+            if word in _DROPPED_DIRECTIVES or word.startswith(".cfi_"):
                 continue
             if word in _OPENERS:
                 kinds.append("open")
@@ -334,8 +378,10 @@ def _parse(display: str, text: str) -> list[_Line]:
                 if word == ".endm":
                     macro_depth = max(0, macro_depth - 1)
             elif word in _DATA_DIRECTIVES:
+                _check_size_directive(line, word, stmt)
                 kinds.append("data")
             elif word in _ALIGN_DIRECTIVES:
+                _check_size_directive(line, word, stmt)
                 kinds.append("align")
             elif word.startswith("."):
                 kinds.append("directive")
@@ -408,12 +454,24 @@ def _isolated(fn, *args):
         finally:
             os._exit(0)
     os.close(w)
-    with os.fdopen(r, "rb") as f:
-        payload = f.read()
+    chunks, deadline = [], time.monotonic() + ISOLATED_TIMEOUT
+    with os.fdopen(r, "rb", buffering=0) as f:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([f], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssemblyError(f"{args[0]}: keystone did not finish within "
+                                    f"{ISOLATED_TIMEOUT:g} s")
+            chunk = f.read(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    payload = b"".join(chunks)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status) or not payload:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-        name = signal.Signals(sig).name if sig else "no result"
+        name = signal.Signals(sig).name if sig else f"exit status {os.WEXITSTATUS(status)}"
         where = _locate_crash(*args) if fn is _build_image else None
         raise AssemblyError(f"{where or args[0]}: keystone crashed ({name}) assembling this")
     status_word, value = pickle.loads(payload)
@@ -423,6 +481,7 @@ def _isolated(fn, *args):
 
 
 def _crashes(text: str, addr: int) -> bool:
+    """Does keystone crash, exit or hang on `text`?  (Run in a child.)"""
     pid = os.fork()
     if pid == 0:
         try:
@@ -430,17 +489,28 @@ def _crashes(text: str, addr: int) -> bool:
         except BaseException:
             pass
         os._exit(0)
-    _, status = os.waitpid(pid, 0)
-    return os.WIFSIGNALED(status)
+    deadline = time.monotonic() + ISOLATED_TIMEOUT / 3
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return True
+        time.sleep(0.002)
 
 
 def _locate_crash(name, files, abi) -> str | None:
     """The first line at which a program prefix makes keystone crash."""
-    lines = [ln for display, text in files for ln in _parse(display, text)]
+    try:
+        lines = [ln for display, text in files for ln in _parse(display, text)]
+    except FaultpathError:
+        return None
     program = _Program(lines, VDSO_BASE)
     units = program.units()
     lo, hi = 0, len(units)            # invariant: prefix lo does not crash, hi does
-    if not _crashes(program.prefix_text(units[hi - 1][1] + 1), VDSO_BASE):
+    if not units or not _crashes(program.prefix_text(units[hi - 1][1] + 1), VDSO_BASE):
         return None
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -651,6 +721,9 @@ class _Program:
                      and not _REG_RE.match(w) and w not in ln.labels]
             if words:
                 message = f"undefined symbol '{words[0]}' ({message})"
+        elif "INVALIDOPERAND" in message and re.search(r"\[[^\]]*(?<![\w.$])\.L", ln.code):
+            message += ("; keystone cannot use a .L label inside a memory operand, "
+                        "use a label without the .L prefix")
         return AssemblyError(f"{ln.where}: {message}")
 
 
