@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 
-import keystone
 from unicorn import UC_HOOK_BLOCK
 from unicorn.unicorn_py3 import unicorn as _ucmod
 
@@ -39,8 +38,10 @@ _code_page: mmap.mmap | None = None   # the hook's code is immutable and shared 
 def _hook_code_addr() -> int:
     global _code_page
     if _code_page is None:
-        ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
-        code, _ = ks.asm(_HOOK_SRC)
+        # One keystone front end for the whole project: it normalises number
+        # literals, since keystone's radix is process-global state (DESIGN.md).
+        from vdso.asm_build import assemble_snippet
+        code = assemble_snippet(_HOOK_SRC, 0, "<native block hook>")
         page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
         page.write(bytes(code))
         _code_page = page

@@ -29,6 +29,16 @@ class Profile:
     def event_cost(self, kind: str) -> float:
         return self.event.get(kind, 0.0)
 
+    def stage_cost(self, kind: str, detail: dict) -> float:
+        """Cost of one mm fault stage (mm/stages.py STAGE_KINDS)."""
+        if kind == "reclaim":
+            return (detail.get("dropped", 0) * self.event_cost("drop_page")
+                    + detail.get("swapped", 0) * self.event_cost("swap_out")
+                    + detail.get("scanned", 0) * self.event_cost("reclaim_scan"))
+        if kind == "alloc" and not detail.get("ok", True):
+            return self.event_cost("alloc_fail")
+        return self.event_cost(kind)
+
     def syscall_cost(self, nr: int, nbytes: int = 0) -> float:
         c = self.event_cost("syscall_entry_exit")
         if nr == 318:

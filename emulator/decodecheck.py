@@ -19,6 +19,7 @@ import bisect
 import os
 import struct
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -79,8 +80,8 @@ class Report:
     path: str
     sections: list[tuple[str, int, int]] = field(default_factory=list)  # (name, addr, size)
     compared: int = 0            # objdump instructions walked
-    agreements: int = 0          # classify() == "agree"
-    both_rejected: int = 0       # ... of which objdump (bad) and capstone rejects too
+    agreements: int = 0          # same length, or all three reject the bytes
+    both_rejected: int = 0       # ... of which capstone, objdump and Unicorn reject
     mismatches: Counter = field(default_factory=Counter)      # class -> count
     examples: dict[str, list[Mismatch]] = field(default_factory=dict)
     seconds: float = 0.0
@@ -224,22 +225,24 @@ class _CodeMap:
 # --------------------------------------------------------------------------
 
 def _objdump_stream(path: str, sections: list[_Section]) -> Iterator[tuple[str | None, int, int, str]]:
-    """objdump -d over the given sections, parsed line by line as it runs."""
+    """objdump -d over the given sections, parsed line by line as it runs
+    (stderr goes to a temporary file so a chatty objdump cannot block)."""
     cmd = [OBJDUMP, "-d", "-z", "-w", "-M", "intel", "--insn-width=15"]
     for s in sections:
         cmd += ["-j", s.name]
     cmd.append(path)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "LC_ALL": "C"}, bufsize=1 << 20)
-    try:
-        yield from parse_objdump(proc.stdout)
-    finally:
-        proc.stdout.close()
-        err = proc.stderr.read()
-        proc.stderr.close()
-        rc = proc.wait()
-    if rc != 0:
-        raise ImageError(f"{path}: objdump failed: {err.strip().splitlines()[-1:] or rc}")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "LC_ALL": "C"}, bufsize=1 << 20)
+        try:
+            yield from parse_objdump(proc.stdout)
+        finally:
+            proc.stdout.close()
+            rc = proc.wait()
+        if rc != 0:
+            err.seek(0)
+            msg = err.read().decode(errors="replace").strip().splitlines()
+            raise ImageError(f"{path}: objdump failed: {msg[-1] if msg else f'exit {rc}'}")
 
 
 # --------------------------------------------------------------------------
@@ -314,11 +317,12 @@ def decodecheck(path: str | os.PathLike, *, max_examples: int = DEFAULT_EXAMPLES
         bad = objdump_is_bad(text)
         od_len = None if bad else nbytes
         cs_len = None if cs is None else cs[0]
-        if cs_len == od_len:
+        if cs_len == od_len and cs_len is not None:
             report.agreements += 1
-            if cs_len is None:
-                report.both_rejected += 1
             continue
+        # A disagreement, or both decoders reject the bytes (then the
+        # question is whether the CPU runs them: a write there would fault
+        # and the skip handler, finding no decode, retry forever).
         off = addr - sec.addr
         code = sec.data[off:off + MAX_INSN_LEN]
         if use_unicorn:
@@ -327,6 +331,10 @@ def decodecheck(path: str | os.PathLike, *, max_examples: int = DEFAULT_EXAMPLES
             uc_len = unicorn_cache[code]
         else:
             uc_len = None
+        if cs_len is None and od_len is None and uc_len is None:
+            report.agreements += 1
+            report.both_rejected += 1
+            continue
         if text.startswith(".byte"):
             in_code = False         # objdump: the bytes run into the next symbol
         else:
@@ -334,6 +342,9 @@ def decodecheck(path: str | os.PathLike, *, max_examples: int = DEFAULT_EXAMPLES
                 code_map = _CodeMap.load(path)
             in_code = code_map.covers(addr)
         cls = classify(code, cs_len, od_len, uc_len, in_code=in_code, objdump_text=text)
+        if cls == "agree":          # both reject; Unicorn has no length either
+            report.agreements += 1
+            continue
         report.mismatches[cls] += 1
         ex = report.examples.setdefault(cls, [])
         if len(ex) < max_examples:
@@ -366,3 +377,37 @@ def format_report(report: Report) -> str:
     if not report.mismatches:
         lines.append("  no mismatches")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m emulator.decodecheck [--json] [--examples N] ELF...``"""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m emulator.decodecheck",
+                                 description="capstone vs objdump instruction lengths")
+    ap.add_argument("paths", nargs="+", metavar="ELF")
+    ap.add_argument("--json", action="store_true", help="print Report.as_dict() as JSON")
+    ap.add_argument("--examples", type=int, default=DEFAULT_EXAMPLES, metavar="N",
+                    help="examples kept per mismatch class (default %(default)s)")
+    ap.add_argument("--no-unicorn", action="store_true",
+                    help="do not ask Unicorn for a third opinion at mismatches")
+    args = ap.parse_args(argv)
+    reports = []
+    try:
+        for p in args.paths:
+            reports.append(decodecheck(p, max_examples=args.examples,
+                                       use_unicorn=not args.no_unicorn))
+    except FaultpathError as e:
+        print(f"decodecheck: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        print("\n".join(format_report(r) for r in reports))
+    return 1 if any(r.unexplained for r in reports) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -110,11 +110,9 @@ def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip
     cyc0 = ctx.cycles
     m.charge(ctx, "fault_entry", rip, {"address": address, "access": access, "error_code": rec.error_code,
                                       "insn": rec.insn})
-    if access == "write":
-        # Precise exceptions: roll back what Unicorn committed of a split store.
-        rec.restored = m.undo_partial_store(rip)
-        if rec.restored:
-            m.charge(ctx, "undo_split_store", rip, {"bytes": rec.restored}, cycles=0)
+    rec.restored = pf.restored     # rolled back by the Machine at the stop
+    if rec.restored:
+        m.charge(ctx, "undo_split_store", rip, {"bytes": rec.restored}, cycles=0)
     m.charge(ctx, "vma_lookup", rip, {"vma": rec.vma, "flags": rec.vm_flags})
     flags = fault_flags(access, True)
     if vma is None or m.mm.access_error(vma, flags):
@@ -123,7 +121,7 @@ def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip
         return _record(m, ctx, rec, cyc0)
     res = m.mm.handle_mm_fault(vma, address, flags)
     for st in res.stages:
-        m.charge(ctx, st.kind, rip, dict(st.detail))
+        m.charge(ctx, st.kind, rip, dict(st.detail), cycles=m.kernel.profile.stage_cost(st.kind, st.detail))
         rec.stages.append(st.kind)
     rec.bits = vm_fault_names(res.bits)
     bits = res.bits

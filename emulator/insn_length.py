@@ -95,6 +95,8 @@ def objdump_is_bad(text: str) -> bool:
     invalid segment register, e.g. "8c fa" = "mov edx,?")."""
     if "(bad)" in text or text.startswith(".byte"):
         return True
+    if "?" not in text:
+        return False
     operands = text.split("#", 1)[0].split("<", 1)[0]
     return _OBJDUMP_BAD_OPERAND.search(operands) is not None
 

@@ -59,6 +59,7 @@ class PendingFault:
     access: str
     address: int
     size: int
+    restored: int = 0      # bytes of a split store rolled back at the stop (precise exception)
 
 
 @dataclass
@@ -88,6 +89,8 @@ class CallContext:
     last_fault_key: tuple | None = None
     refaults: int = 0
     done: bool = False
+    stop_on_fault: bool = False  # stepper: stop *before* handling a fault
+    pending_fault: tuple | None = None   # (PendingFault, rip) when stopped at a fault
 
 
 @dataclass
@@ -360,6 +363,8 @@ class Machine:
         from emulator import inject as inject_mod
         from emulator import syscalls as sys_mod
         while not ctx.done:
+            if ctx.pending_fault is not None:
+                return
             while ctx.injections and ctx.injections[0].at <= ctx.index:
                 inject_mod.apply(self, ctx, ctx.injections.pop(0))
                 if ctx.done:
@@ -376,6 +381,15 @@ class Machine:
                 target = min(target, stop_at)
             chunk = max(1, min(CHUNK, target - ctx.index))
             self._run_chunk(ctx, chunk, fault_mod, sys_mod)
+
+    def handle_pending_fault(self, ctx: CallContext) -> None:
+        """Carry out the fault the run stopped at (stop_on_fault)."""
+        from emulator import fault as fault_mod
+        if ctx.pending_fault is None:
+            return
+        pf, rip = ctx.pending_fault
+        ctx.pending_fault = None
+        fault_mod.do_user_addr_fault(self, ctx, pf, rip)
 
     def step(self, ctx: CallContext, n: int = 1) -> None:
         """Retire n more instructions (or stop at a fault / the end)."""
@@ -407,6 +421,14 @@ class Machine:
         if err is not None:
             if self._fault is None:
                 self._cpu_exception(ctx, err, stop_rip)
+                return
+            ctx.rip = stop_rip
+            if self._fault.access == "write":
+                # Precise exceptions: roll back what Unicorn committed of a split
+                # store before anyone (handler, stepper, gdb) looks at memory.
+                self._fault.restored = self.undo_partial_store(stop_rip)
+            if ctx.stop_on_fault:
+                ctx.pending_fault = (self._fault, stop_rip)
                 return
             fault_mod.do_user_addr_fault(self, ctx, self._fault, stop_rip)
             return

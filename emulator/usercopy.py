@@ -126,7 +126,7 @@ def copy_to_user(m: "Machine", ctx: "CallContext", addr: int, data: bytes, rip: 
             return CopyResult(done)
         res = m.mm.handle_mm_fault(vma, a, F.FAULT_FLAG_WRITE)
         for st in res.stages:
-            m.charge(ctx, st.kind, rip, dict(st.detail))
+            m.charge(ctx, st.kind, rip, dict(st.detail), cycles=m.kernel.profile.stage_cost(st.kind, st.detail))
             rec.stages.append(st.kind)
         rec.bits = vm_fault_names(res.bits)
         m.sync()

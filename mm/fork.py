@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
-from .flags import ENOMEM, PAGE_SHIFT, VM_ACCOUNT, VM_INIT_DEF_MASK, VM_LOCKED_MASK
+from .flags import ENOMEM, VM_ACCOUNT, VM_INIT_DEF_MASK, VM_LOCKED_MASK
 from .overcommit import vm_enough_memory, vm_unacct_memory
 from .page import PTE
 
@@ -69,4 +69,4 @@ def dup_mm(parent: "MM") -> Union["MM", int]:
     return child
 
 
-__all__ = ["dup_mm", "PAGE_SHIFT"]
+__all__ = ["dup_mm"]

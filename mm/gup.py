@@ -135,8 +135,11 @@ def poke(mm: "MM", addr: int, data: bytes) -> int:
             handle_mm_fault(mm, vma, a, FAULT_FLAG_WRITE | FAULT_FLAG_REMOTE)
             if not _page_ok(mm, vpn, True):
                 break
+        frame = mm.pt[vpn].frame
+        if frame.lazyfree:
+            mm.phys.set_lazyfree(frame, False)   # GUP writes dirty the page: no lazy free
         off = a & ~PAGE_MASK
         k = min(n - done, PAGE_SIZE - off)
-        mm.pt[vpn].frame.data[off:off + k] = mv[done:done + k]
+        frame.data[off:off + k] = mv[done:done + k]
         done += k
     return done

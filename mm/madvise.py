@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .flags import (EFAULT, EINVAL, ENOMEM, EPERM, MADV_COLD, MADV_DODUMP, MADV_DOFORK,
+from .flags import (EINVAL, ENOMEM, EPERM, MADV_COLD, MADV_DODUMP, MADV_DOFORK,
                     MADV_DONTDUMP, MADV_DONTFORK, MADV_DONTNEED, MADV_DONTNEED_LOCKED,
                     MADV_FREE, MADV_HUGEPAGE, MADV_HWPOISON, MADV_KEEPONFORK,
                     MADV_NOHUGEPAGE, MADV_NORMAL, MADV_PAGEOUT, MADV_POPULATE_READ,
                     MADV_POPULATE_WRITE, MADV_RANDOM, MADV_REMOVE, MADV_SEQUENTIAL,
-                    MADV_SOFT_OFFLINE, MADV_WILLNEED, MADV_WIPEONFORK, PAGE_MASK, PAGE_SHIFT,
+                    MADV_SOFT_OFFLINE, MADV_WILLNEED, MADV_WIPEONFORK, PAGE_MASK,
                     VM_DONTCOPY, VM_DONTDUMP, VM_DROPPABLE, VM_HUGEPAGE, VM_HUGETLB, VM_IO,
                     VM_LOCKED, VM_NOHUGEPAGE, VM_PFNMAP, VM_RAND_READ, VM_SEQ_READ, VM_SHARED,
                     VM_SPECIAL, VM_WIPEONFORK, page_align)
@@ -188,4 +188,34 @@ def _madvise_vma(mm: "MM", vma: "VMA", start: int, end: int, advice: int) -> int
     return 0
 
 
-__all__ = ["do_madvise", "madvise_new_flags", "EFAULT", "PAGE_SHIFT"]
+def set_anon_name(mm: "MM", start: int, len_in: int, name: str) -> int:
+    """prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME): name anonymous VMAs ("" clears);
+    smaps then shows [anon:name]. Same range rules as madvise."""
+    if len(name) > 79 or any(c in name for c in "\\`$[]") or not name.isprintable():
+        return -EINVAL
+    if start & ~PAGE_MASK:
+        return -EINVAL
+    end = start + page_align(len_in)
+    if end < start:
+        return -EINVAL
+    error = 0
+    pos = start
+    while pos < end:
+        vma = mm.vma_tree.find(pos)
+        if vma is None:
+            nxt = mm.vma_tree.find_next(pos)
+            error = -ENOMEM
+            if nxt is None or nxt.start >= end:
+                break
+            pos = nxt.start
+            continue
+        tmp = min(vma.end, end)
+        if vma.name != name:
+            for v in mm.vma_tree.isolate(pos, tmp):
+                v.name = name
+        pos = tmp
+    mm.vma_tree.merge_around(start, end)
+    return error
+
+
+__all__ = ["do_madvise", "madvise_new_flags", "set_anon_name"]

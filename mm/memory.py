@@ -83,7 +83,8 @@ def handle_mm_fault(mm: "MM", vma: Optional["VMA"], address: int, flags: int) ->
             if policy == DROPPABLE_OOM_SKIP:
                 ret |= VM_FAULT_SKIP_INSN
             stages.append(FaultStage("droppable_oom", {
-                "policy": policy, "bits": ret, "user": bool(flags & FAULT_FLAG_USER)}))
+                "policy": policy, "bits": ret, "user": bool(flags & FAULT_FLAG_USER),
+                "action": "skip_insn" if policy == DROPPABLE_OOM_SKIP else "refault"}))
             mm.stats.droppable_oom += 1
             mm.stats.faults_by_kind["droppable_oom"] += 1
         else:

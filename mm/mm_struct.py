@@ -106,6 +106,10 @@ class MM:
     def madvise(self, addr: int, length: int, advice: int) -> int:
         return madvise.do_madvise(self, addr, length, advice)
 
+    def set_vma_name(self, addr: int, length: int, name: str) -> int:
+        """prctl(PR_SET_VMA_ANON_NAME): smaps shows [anon:name]."""
+        return madvise.set_anon_name(self, addr, length, name)
+
     def mlock(self, addr: int, length: int) -> int:
         return mlock.sys_mlock(self, addr, length)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .flags import (EBADF, EEXIST, EINVAL, ENODEV, ENOMEM, EPERM, EAGAIN, MAP_ANONYMOUS,
                     MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_LOCKED,
                     MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED,
-                    MAP_SHARED_VALIDATE, MAP_TYPE, OVERCOMMIT_NEVER, PAGE_MASK, PAGE_SIZE,
+                    MAP_SHARED_VALIDATE, MAP_TYPE, OVERCOMMIT_NEVER, PAGE_MASK,
                     VM_ACCOUNT, VM_DONTDUMP, VM_DROPPABLE, VM_GROWSDOWN, VM_LOCKED,
                     VM_LOCKED_MASK, VM_LOCKONFAULT, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE,
                     VM_NORESERVE, VM_SOFTDIRTY, VM_SPECIAL, VM_WIPEONFORK, calc_vm_flag_bits,
@@ -193,4 +193,4 @@ def do_munmap_range(mm: "MM", start: int, end: int) -> None:
 
 
 __all__ = ["do_mmap", "do_munmap", "get_unmapped_area", "mmap_region", "can_do_mlock",
-           "mlock_future_ok", "PAGE_SIZE"]
+           "mlock_future_ok"]

@@ -1,7 +1,7 @@
 """Run small keystone-assembled snippets inside a Machine (test helper)."""
 from __future__ import annotations
 
-import keystone
+from vdso.asm_build import assemble_snippet
 
 from emulator.kernel import Kernel
 from emulator.machine import Machine
@@ -10,8 +10,7 @@ from vdso.image import VDSO_BASE, VdsoImage, RNG_DATA_OFFSET_6_15
 
 
 def snippet_image(src: str) -> VdsoImage:
-    ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
-    code, _ = ks.asm(src, VDSO_BASE)
+    code = assemble_snippet(src, VDSO_BASE)
     text = bytes(code) + b"\xcc" * ((-len(code)) % 4096 or 4096)
     return VdsoImage(name="snippet", text=text, symbols={"entry": 0}, rng_data_offset=RNG_DATA_OFFSET_6_15,
                      rng_data_source="snippet")

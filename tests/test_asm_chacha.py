@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import random
 import struct
 
@@ -36,6 +37,8 @@ def image():
 
 @pytest.fixture(scope="module")
 def native(image):
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("native run needs an x86-64 CPU")
     code = NativeCode(image.text)
     f = code.func(image.symbols["__arch_chacha20_blocks_nostack"], None,
                   [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_READ, UC_MODE_64, Uc
-from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_ALL
+from unicorn import UC_PROT_EXEC, UC_PROT_READ
 from unicorn.x86_const import (UC_X86_INS_SYSCALL, UC_X86_REG_EFLAGS, UC_X86_REG_R8,
                                UC_X86_REG_R9, UC_X86_REG_R10, UC_X86_REG_R11,
                                UC_X86_REG_R12, UC_X86_REG_R13, UC_X86_REG_R14,
@@ -74,6 +74,8 @@ class CallResult:
     out: bytes                       # the buffer window after the call
     state: bytes
     syscalls: list = field(default_factory=list)    # (nr, buf offset, len, flags)
+    # state->generation, pos, in_use as each syscall was entered
+    syscall_states: list = field(default_factory=list)
     insns: int = 0
     regs: dict = field(default_factory=dict)
 
@@ -127,6 +129,7 @@ class Harness:
         nr, buf, length, flags, rip = self._pending
         self._pending = None
         self._syscalls.append((nr, buf, length, flags & 0xFFFF_FFFF))
+        self._syscall_states.append(bytes(self.uc.mem_read(self._state_addr + 128, 10)))
         assert nr == NR_GETRANDOM, f"unexpected syscall {nr}"
         ret, data = self.kernel.getrandom(buf, length, flags & 0xFFFF_FFFF)
         if data:
@@ -138,8 +141,8 @@ class Harness:
         return rip + 2
 
     def call(self, length: int, flags: int = 0, *, buf: int = BUF_ADDR, state_off: int = 0,
-             opaque_len: int = STATE_SIZE, window: int | None = None, count: bool = False,
-             state_addr: int | None = None) -> CallResult:
+             opaque_len: int = STATE_SIZE, window: int | None = None,
+             count: bool = False) -> CallResult:
         uc = self.uc
         window = min(BUF_SIZE, length + 64) if window is None else window
         if buf:
@@ -147,13 +150,15 @@ class Harness:
         sp = STACK_TOP - 0x100
         uc.mem_write(sp, struct.pack("<Q", RET_SENTINEL))
         args = {UC_X86_REG_RDI: buf, UC_X86_REG_RSI: length, UC_X86_REG_RDX: flags,
-                UC_X86_REG_RCX: STATE_PAGE + state_off if state_addr is None else state_addr,
+                UC_X86_REG_RCX: STATE_PAGE + state_off,
                 UC_X86_REG_R8: opaque_len, UC_X86_REG_RSP: sp}
         callee = {r: 0x1111_0000_0000 + i for i, r in enumerate(CALLEE_SAVED)}
         for r, v in {**args, **callee, UC_X86_REG_R9: 0x99, UC_X86_REG_R10: 0x1010,
                      UC_X86_REG_R11: 0x1111}.items():
             uc.reg_write(r, v)
         self._syscalls = []
+        self._syscall_states = []
+        self._state_addr = args[UC_X86_REG_RCX]
         self.gen_reads = 0
         counter = [0]
         hook = None
@@ -185,9 +190,8 @@ class Harness:
         sys = [(nr, (b - BUF_ADDR) if BUF_ADDR <= b < BUF_ADDR + BUF_SIZE else
                 (b - STATE_PAGE - state_off + 0x1_0000 if STATE_PAGE <= b < STATE_PAGE + PAGE_SIZE
                  else b), n, f) for nr, b, n, f in self._syscalls]
-        st_addr = STATE_PAGE + state_off
         state = self.state(state_off) if state_off + STATE_SIZE <= PAGE_SIZE else b""
-        return CallResult(ret, out, state, sys, counter[0], regs)
+        return CallResult(ret, out, state, sys, self._syscall_states, counter[0], regs)
 
 
 # ---------------------------------------------------------------------------
@@ -503,6 +507,7 @@ def _same_as_host(a: CallResult, b: CallResult):
     assert a.out == b.out
     assert a.state == b.state
     assert a.syscalls == b.syscalls
+    assert a.syscall_states == b.syscall_states      # e.g. generation written before the reseed
     assert {r: a.regs[r] for r in SCRATCH_CLEARED} == {r: b.regs[r] for r in SCRATCH_CLEARED}
 
 

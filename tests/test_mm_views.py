@@ -92,3 +92,14 @@ def test_smaps_plain_mapping_flags_lo_ac_and_counters():
 def test_vm_flags_str_bit_order():
     from mm import VM_ACCOUNT, VM_READ, VM_WRITE
     assert vm_flags_str(VM_READ | VM_WRITE | VM_ACCOUNT | VM_DROPPABLE) == "rd wr ac dp"
+
+
+def test_anon_vma_name_in_smaps_and_split():
+    mm = new_mm()
+    a = mm.mmap(0, 3 * PAGE_SIZE, RW, ANON)
+    assert mm.set_vma_name(a + PAGE_SIZE, PAGE_SIZE, "vgetrandom") == 0
+    assert len(mm.vmas) == 3 and mm.find_vma(a + PAGE_SIZE).name == "vgetrandom"
+    line = [ln for ln in mm.smaps().splitlines() if ln.startswith("%x-" % (a + PAGE_SIZE))][0]
+    assert line.endswith("[anon:vgetrandom]")
+    assert mm.set_vma_name(a + PAGE_SIZE, PAGE_SIZE, "") == 0 and len(mm.vmas) == 1
+    assert mm.set_vma_name(a, PAGE_SIZE, "bad$name") == -22

@@ -4,7 +4,7 @@
     build_image("builtin-v14")    asm/vgetrandom_v14.s in front of the same two, v14 ABI
     build_image("path/to/x.s")    a user's file (our ChaCha20 is linked in when the
                                   file calls __arch_chacha20_blocks_nostack without
-                                  defining it)
+                                  defining it; `.S` is accepted but not run through cpp)
     assemble_snippet(src, addr)   plain bytes, for other code that needs keystone
 
 The sources are Intel syntax as keystone 0.9.2 reads it (KS_MODE_64).  The image
@@ -26,8 +26,12 @@ Keystone 0.9.2 pitfalls handled here (all reproduced on this machine):
   keystone resolves exactly, addends and trailing immediates included.
 * `.text` crashes keystone with SIGSEGV and `.section` silently yields no bytes:
   `.text` / `.section .text` are dropped (the image is a single text section);
-  other sections are refused with file:line.  User files are assembled in a
-  forked child so that any other keystone crash becomes an AssemblyError.
+  other sections are refused with file:line.  A stray `.cfi_endproc` makes LLVM
+  exit(1) (`.cfi_*` are dropped); `.zero -1`, `.skip 0x100000000` and
+  `.p2align 0x40` hang it (refused up front).  User files are assembled in a
+  forked child, so any other crash or exit becomes an AssemblyError (with the
+  first line at which a program prefix crashes) and a hang is killed after
+  ISOLATED_TIMEOUT.
 * `[rip + .Llabel]` is rejected (a '.L' name in a memory operand); `.L` labels
   work as branch targets.  GAS numeric labels (`1:` / `1f`) are not supported.
 * Keystone reports no line numbers and has no symbol table output.
@@ -38,7 +42,8 @@ every exported label after the code.  The trailing quads are the absolute
 addresses (read back, then cut off); the code in front of them is checked to be
 byte-identical to an assembly without markers.  Statements inside .macro/.rept/
 .irp/.if blocks get no marker of their own: the block's first line stands for
-them.
+them.  Exported symbols are all labels except GAS-local `.L*` ones (labels only
+defined inside an .if block are probed one by one and kept if they exist).
 
 How a failing line is found: each top-level statement (a whole block counts as
 one) is assembled on its own, with stub labels for every label defined
@@ -57,6 +62,7 @@ VdsoImage.source_lines.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import os
 import pickle
 import re
@@ -91,7 +97,8 @@ class Build:
     abi: str
 
 
-_builtin_cache: dict[tuple, VdsoImage] = {}   # keyed by the source texts
+# kind -> ((abi, source texts), image): rebuilt when a source changes.
+_builtin_cache: dict[str, tuple[tuple, VdsoImage]] = {}
 
 BUILDS: dict[str, Build] = {
     "builtin": Build(("vgetrandom.s", CHACHA_SOURCE), ABI_6_11),
@@ -115,15 +122,16 @@ def build_image(kind_or_path: str, abi: str | None = None) -> VdsoImage:
     if kind_or_path in BUILDS:
         build = BUILDS[kind_or_path]
         files = [_read_source(ASM_DIR / name) for name in build.sources]
-        key = (kind_or_path, abi or build.abi, tuple(files))
-        if key not in _builtin_cache:
-            _builtin_cache.clear()
-            _builtin_cache[key] = _build_image(kind_or_path, files, abi or build.abi)
-        img = _builtin_cache[key]
+        key = (abi or build.abi, tuple(files))
+        cached = _builtin_cache.get(kind_or_path)
+        if cached is None or cached[0] != key:
+            cached = _builtin_cache[kind_or_path] = (
+                key, _build_image(kind_or_path, files, abi or build.abi))
+        img = cached[1]
         # A fresh object each time: callers may edit the dicts.
         return dataclasses.replace(img, symbols=dict(img.symbols),
                                    source_lines=dict(img.source_lines))
-    if not kind_or_path.endswith(".s"):
+    if not kind_or_path.endswith((".s", ".S")):
         raise AssemblyError(f"{kind_or_path}: not an assembly source (expected "
                             f"{', '.join(BUILDS)} or a path ending in .s)")
     path = Path(kind_or_path)
@@ -131,6 +139,14 @@ def build_image(kind_or_path: str, abi: str | None = None) -> VdsoImage:
         raise AssemblyError(f"{kind_or_path}: no such file")
     files = [_read_source(path, display=kind_or_path)]
     text = files[0][1]
+    if kind_or_path.endswith(".S"):
+        # No C preprocessor here; `#define` & co. would silently be comments.
+        m = re.search(r"^[ \t]*#[ \t]*(include|define|undef|if|ifdef|ifndef|elif|else|endif|"
+                      r"error|pragma)\b", text, re.M)
+        if m:
+            lineno = text.count("\n", 0, m.start()) + 1
+            raise AssemblyError(f"{kind_or_path}:{lineno}: C preprocessor directive "
+                                f"#{m.group(1)}: .S files are not run through cpp")
     if (re.search(rf"(?<![\w.$]){CHACHA_SYMBOL}(?![\w.$])", text)
             and not re.search(rf"^\s*{CHACHA_SYMBOL}\s*:", text, re.M)):
         files.append(_read_source(ASM_DIR / CHACHA_SOURCE))
@@ -442,6 +458,7 @@ def _isolated(fn, *args):
     pid = os.fork()
     if pid == 0:                                    # child
         os.close(r)
+        faulthandler.disable()                      # the parent reports a crash
         try:
             try:
                 payload = pickle.dumps(("ok", fn(*args)))
@@ -484,6 +501,7 @@ def _crashes(text: str, addr: int) -> bool:
     """Does keystone crash, exit or hang on `text`?  (Run in a child.)"""
     pid = os.fork()
     if pid == 0:
+        faulthandler.disable()
         try:
             _ks_asm(text, addr)
         except BaseException:
@@ -754,7 +772,12 @@ def unfaithful_reason(insn_bytes: bytes, insn=None) -> str | None:
         i += 1
     op = insn_bytes[i] if i < len(insn_bytes) else None
     if op in (0xC4, 0xC5):
-        return "VEX-encoded (AVX) instruction; Unicorn 2.1 runs VEX.128 as legacy SSE and rejects VEX.256"
+        lbyte = i + (1 if op == 0xC5 else 2)
+        wide = lbyte < len(insn_bytes) and insn_bytes[lbyte] & 0x04
+        if wide:
+            return "VEX.256-encoded (AVX) instruction; Unicorn 2.1 cannot run it"
+        return ("VEX.128-encoded (AVX) instruction; Unicorn 2.1 runs it as legacy SSE "
+                "and computes wrong results")
     if op == 0x62:
         return "EVEX-encoded (AVX-512) instruction; Unicorn 2.1 cannot run it"
     if op == 0x8F and i + 1 < len(insn_bytes) and (insn_bytes[i + 1] & 0x1F) >= 8:
