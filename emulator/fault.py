@@ -96,8 +96,34 @@ def predict(m: "Machine", address: int, access: str) -> str:
     return "allocate zeroed frame"
 
 
+def snapshot_cow(m: "Machine", address: int) -> bool:
+    """A write to a page write-protected only because a Machine snapshot shares
+    its frame.  Snapshots are a tool artifact, not kernel state: such a fault is
+    resolved silently (mm copies the frame without allocating) so that taking a
+    snapshot changes no fault record, cycle count or outcome."""
+    pte = m.mm.pte(address)
+    f = pte.frame if pte is not None else None
+    return (f is not None and not pte.writable and not f.is_zero and f.snap_refs > 0
+            and len(f.rmap) == 1)
+
+
+def resolve_snapshot_cow(m: "Machine", address: int, user: bool) -> bool:
+    vma = m.mm.find_vma(address)
+    if vma is None or not snapshot_cow(m, address):
+        return False
+    fl = F.FAULT_FLAG_WRITE | (F.FAULT_FLAG_USER if user else 0)
+    if m.mm.access_error(vma, fl):
+        return False
+    res = m.mm.handle_mm_fault(vma, address, fl)
+    m.sync()
+    return not res.bits & F.VM_FAULT_ERROR
+
+
 def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip: int) -> None:
     """Handle one user-mode fault reported by Unicorn at rip."""
+    if pf.access == "write" and resolve_snapshot_cow(m, pf.address, True):
+        ctx.rip = rip
+        return
     code = m.read(rip, MAX_INSN_LEN)
     ins = decode_one(code, rip)
     address = pf.address

@@ -53,6 +53,20 @@ class Kernel:
         self.is_ready = ready
         self._write_rng()
 
+    # --- snapshots -------------------------------------------------------------
+    def save_state(self) -> dict:
+        """The kernel's mutable state (for Machine.snapshot): rng data, the
+        entropy stream position and allocation-failure injection."""
+        return {"generation": self.generation, "is_ready": self.is_ready,
+                "entropy": self._entropy.getstate(), "fail": self.phys.fail_state()}
+
+    def restore_state(self, st: dict) -> None:
+        self.generation = st["generation"]
+        self.is_ready = st["is_ready"]
+        self._entropy.setstate(st["entropy"])
+        self.phys.set_fail_state(st["fail"])
+        self._write_rng()
+
     # --- entropy ---------------------------------------------------------------
     def entropy_bytes(self, n: int) -> bytes:
         return self._entropy.randbytes(n) if n else b""

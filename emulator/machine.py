@@ -534,3 +534,44 @@ class Machine:
             self.set_reg(r, v & 0xFFFF_FFFF_FFFF_FFFF)
         syscalls.do_syscall(self, ctx, SENTINEL_PAGE)
         return ctx.result.syscalls[-1].ret
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self, ctx: CallContext | None = None) -> "MachineSnapshot":
+        """Everything needed to come back here: mm (COW-shared frames, cheap),
+        CPU registers, the kernel's mutable state and the call in progress."""
+        import copy
+        mm_snap = self.mm.snapshot()
+        self.sync()          # the snapshot write-protected our pages: Unicorn must see it
+        return MachineSnapshot(
+            mm=mm_snap,
+            cpu=self.uc.context_save(),
+            kernel=self.kernel.save_state(),
+            ctx=copy.deepcopy(ctx) if ctx is not None else None,
+            trace_len=len(self.trace),
+            nchildren=len(self.children),
+        )
+
+    def restore(self, snap: "MachineSnapshot") -> CallContext | None:
+        """Go back to a snapshot; may be done any number of times.  Returns a
+        fresh copy of the call context saved with it."""
+        import copy
+        self.mm.restore(snap.mm)
+        self.uc.context_restore(snap.cpu)
+        self.kernel.restore_state(snap.kernel)
+        del self.trace.events[snap.trace_len:]
+        for child in self.children[snap.nchildren:]:
+            child.close()
+        del self.children[snap.nchildren:]
+        self.killed = False
+        self.sync()
+        return copy.deepcopy(snap.ctx) if snap.ctx is not None else None
+
+
+@dataclass
+class MachineSnapshot:
+    mm: object
+    cpu: object
+    kernel: dict
+    ctx: CallContext | None
+    trace_len: int
+    nchildren: int

@@ -109,6 +109,9 @@ def copy_to_user(m: "Machine", ctx: "CallContext", addr: int, data: bytes, rip: 
             done += n
             refaults = 0
             continue
+        from emulator.fault import resolve_snapshot_cow
+        if resolve_snapshot_cow(m, a, False):
+            continue
         # A kernel-mode page fault on a user address.
         rec = FaultRecord(index=ctx.index, rip=rip, address=a, access="write",
                           error_code=X86_PF_WRITE | (X86_PF_PROT if pte is not None and pte.frame is not None else 0),

@@ -77,6 +77,13 @@ class PhysMem:
         self._fail_persistent = bool(persistent)
         self._fail_count = 0 if persistent or not count else int(count)
 
+    def fail_state(self) -> tuple[bool, int]:
+        """The injection state, for snapshots of the whole machine."""
+        return (self._fail_persistent, self._fail_count)
+
+    def set_fail_state(self, state: tuple[bool, int]) -> None:
+        self._fail_persistent, self._fail_count = state
+
     @property
     def failing(self) -> str:
         if self._fail_persistent:
