@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(VPY) -m pytest -q
 
 bench: $(STAMP)
-	$(VPY) bench/run.py
+	$(VPY) -m bench.run
 
 asm: $(STAMP)
 	$(VENV)/bin/faultpath asm

@@ -76,12 +76,11 @@ def main() -> int:
         print(f"{name:>12}: faultpath {r['faultpath_insn_per_s'] / 1e6:6.1f} M insn/s "
               f"({r['faultpath_s']:.3f} s, {r['instructions']} insns incl. set-up), "
               f"raw Unicorn {r['raw_unicorn_insn_per_s'] / 1e6:6.1f} M insn/s -> ratio {r['ratio']:.2f}")
-    for extra in ("bench.sweep", "bench.cycles"):
-        try:
-            mod = __import__(extra, fromlist=["main"])
-        except ImportError:
-            continue
-        mod.main()
+    import importlib
+    import importlib.util
+    for extra in ("bench.images", "bench.sweep", "bench.cycles"):
+        if importlib.util.find_spec(extra) is not None:
+            importlib.import_module(extra).main()
     return 0
 
 
