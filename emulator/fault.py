@@ -108,15 +108,11 @@ def snapshot_cow(m: "Machine", address: int) -> bool:
 
 
 def resolve_snapshot_cow(m: "Machine", address: int, user: bool) -> bool:
-    vma = m.mm.find_vma(address)
-    if vma is None or not snapshot_cow(m, address):
+    from emulator.usercopy import fault_in_write
+    if not snapshot_cow(m, address):
         return False
-    fl = F.FAULT_FLAG_WRITE | (F.FAULT_FLAG_USER if user else 0)
-    if m.mm.access_error(vma, fl):
-        return False
-    res = m.mm.handle_mm_fault(vma, address, fl)
-    m.sync()
-    return not res.bits & F.VM_FAULT_ERROR
+    res = fault_in_write(m, address, user)
+    return res is not None and not res.bits & F.VM_FAULT_ERROR
 
 
 def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip: int) -> None:

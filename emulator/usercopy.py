@@ -63,6 +63,29 @@ def copy_from_user(m: "Machine", addr: int, n: int, exec_only: bool = False) -> 
     return bytes(out)
 
 
+def store_if_writable(m: "Machine", addr: int, chunk: bytes) -> bool:
+    """Write chunk (within one page) if the PTE already allows it; no fault."""
+    vma = m.mm.find_vma(addr)
+    pte = m.mm.pte(addr)
+    if vma is None or pte is None or pte.frame is None or not pte.writable or not vma.vm_flags & F.VM_WRITE:
+        return False
+    off = addr & (PAGE_SIZE - 1)
+    pte.frame.data[off:off + len(chunk)] = chunk
+    return True
+
+
+def fault_in_write(m: "Machine", addr: int, user: bool):
+    """handle_mm_fault for a write at addr (after the access check), with the
+    Unicorn mappings synced; returns the FaultResult, or None for a bad area."""
+    vma = m.mm.find_vma(addr)
+    fl = F.FAULT_FLAG_WRITE | (F.FAULT_FLAG_USER if user else 0)
+    if vma is None or m.mm.access_error(vma, fl):
+        return None
+    res = m.mm.handle_mm_fault(vma, addr, fl)
+    m.sync()
+    return res
+
+
 def access_user(m: "Machine", addr: int, data: bytes, user: bool = False) -> int:
     """Write data without a call context (set-up writes by the harness)."""
     done = 0
@@ -70,24 +93,12 @@ def access_user(m: "Machine", addr: int, data: bytes, user: bool = False) -> int
     while done < len(data):
         a = addr + done
         n = min(len(data) - done, PAGE_SIZE - (a & (PAGE_SIZE - 1)))
-        pte = m.mm.pte(a)
-        vma = m.mm.find_vma(a)
-        if vma is None:
-            return done
-        if pte is not None and pte.frame is not None and pte.writable and vma.vm_flags & F.VM_WRITE:
-            off = a & (PAGE_SIZE - 1)
-            pte.frame.data[off:off + n] = data[done:done + n]
+        if store_if_writable(m, a, data[done:done + n]):
             done += n
             continue
         tries += 1
-        if tries > m.livelock_limit:
-            return done
-        fl = F.FAULT_FLAG_WRITE | (F.FAULT_FLAG_USER if user else 0)
-        if m.mm.access_error(vma, fl):
-            return done
-        res = m.mm.handle_mm_fault(vma, a, fl)
-        m.sync()
-        if res.bits & (F.VM_FAULT_OOM | F.VM_FAULT_SIGBUS | F.VM_FAULT_SIGSEGV):
+        res = fault_in_write(m, a, user) if tries <= m.livelock_limit else None
+        if res is None or res.bits & F.VM_FAULT_ERROR:
             return done
     return done
 
@@ -100,15 +111,12 @@ def copy_to_user(m: "Machine", ctx: "CallContext", addr: int, data: bytes, rip: 
     while done < len(data):
         a = addr + done
         n = min(len(data) - done, PAGE_SIZE - (a & (PAGE_SIZE - 1)))
-        vma = m.mm.find_vma(a)
-        pte = m.mm.pte(a)
-        if vma is not None and pte is not None and pte.frame is not None and pte.writable \
-                and vma.vm_flags & F.VM_WRITE:
-            off = a & (PAGE_SIZE - 1)
-            pte.frame.data[off:off + n] = data[done:done + n]
+        if store_if_writable(m, a, data[done:done + n]):
             done += n
             refaults = 0
             continue
+        vma = m.mm.find_vma(a)
+        pte = m.mm.pte(a)
         from emulator.fault import resolve_snapshot_cow
         if resolve_snapshot_cow(m, a, False):
             continue
