@@ -40,7 +40,16 @@ STACK_SIZE = 64 * 1024
 CHUNK = 1 << 16                 # instructions per count-bounded run (= block buffer capacity)
 DEFAULT_BUDGET = 50_000_000     # instructions per call before the outcome is "budget"
 DEFAULT_LIVELOCK = 1000         # faults at one instruction without progress before "livelock"
-TAIL = 512                      # journal window at the end of a writable page (fxsave is 512 B)
+# Journal window at the end of a writable page.  A split store is one access of
+# at most 16 bytes (movups, cmpxchg16b, maskmovdqu; Unicorn may split a 16-byte
+# store into 8-byte halves, the first wholly before the page end), so 16 bytes
+# catch it.  Multi-piece stores (fxsave/xsave: 512 bytes written piecewise,
+# enter with nesting) commit whole pieces before the faulting one, so images
+# holding them get the 512-byte window.
+TAIL = 16
+TAIL_MULTI_PIECE = 512
+MULTI_PIECE_STORES = {"fxsave", "fxsave64", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xsavec",
+                      "xsavec64", "xsaves", "xsaves64", "enter"}
 
 _ACCESS = {
     UC_MEM_READ_PROT: "read", UC_MEM_READ_UNMAPPED: "read",
@@ -52,6 +61,19 @@ GPRS = ["RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10
         "R12", "R13", "R14", "R15", "RIP", "RFLAGS", "FS_BASE", "GS_BASE"]
 GPR_IDS = [getattr(X, f"UC_X86_REG_{r}") for r in GPRS]
 XMM_IDS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
+
+
+def _tail_window(text: bytes) -> int:
+    from emulator.decode import disassembler
+    code, off = bytes(text), 0
+    while off < len(code):          # linear sweep that steps over undecodable bytes
+        end = off
+        for addr, size, mnemonic, _ in disassembler().disasm_lite(code[off:], off):
+            if mnemonic in MULTI_PIECE_STORES:
+                return TAIL_MULTI_PIECE
+            end = addr + size
+        off = max(end, off + 1)
+    return TAIL
 
 
 @dataclass
@@ -125,6 +147,7 @@ class Machine:
         self._syscall: PendingSyscall | None = None
         self._hook_error: BaseException | None = None
         self._journal: list[tuple[int, int, int, bytes]] = []   # (block seq, rip, addr, old bytes)
+        self.tail = _tail_window(kernel.image.text)
         self.children: list[Machine] = []
         self.killed = False
         self.uc.hook_add(UC_HOOK_MEM_PROT | UC_HOOK_MEM_UNMAPPED, self._on_invalid)
@@ -229,7 +252,7 @@ class Machine:
             have = va in self._tail_hooks
             if want and not have:
                 self._tail_hooks[va] = self.uc.hook_add(
-                    UC_HOOK_MEM_WRITE, self._on_tail_write, None, va + PAGE_SIZE - TAIL, va + PAGE_SIZE - 1)
+                    UC_HOOK_MEM_WRITE, self._on_tail_write, None, va + PAGE_SIZE - self.tail, va + PAGE_SIZE - 1)
             elif have and not want:
                 self.uc.hook_del(self._tail_hooks.pop(va))
 
