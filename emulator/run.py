@@ -165,12 +165,22 @@ def format_human(report: dict) -> str:
            f"seed={cfg['seed']} scenario={cfg['scenario']} profile={cfg['profile']}"]
     if cfg["scenario"] != "none":
         out.append(f"  scenario: {cfg['scenario_description']}")
+    state, buf = int(cfg["state"], 16), int(cfg["buffer"], 16)
+
+    def label(s) -> str:
+        if s.nr != 318:
+            return ""
+        if s.args[0] == state + 96 and s.args[1] == 32:
+            return "  (reseed: new key into state->key)"
+        if s.args[0] == buf:
+            return "  (fallback: the whole request from the syscall)"
+        return ""
     for i, r in enumerate(report["_results"], start=1):
-        out.extend(_format_call(i, r, "  "))
+        out.extend(_format_call(i, r, "  ", label))
     return "\n".join(out)
 
 
-def _format_call(i: int, r: CallResult, ind: str) -> list[str]:
+def _format_call(i: int, r: CallResult, ind: str, label=lambda s: "") -> list[str]:
     lines = [f"call {i} [{r.process}]: getrandom({r.size}) -> {r.ret}  outcome={r.outcome}  "
              f"instructions={r.instructions}  cycles={r.cycles:.0f}"]
     if r.injections:
@@ -181,9 +191,9 @@ def _format_call(i: int, r: CallResult, ind: str) -> list[str]:
         lines.append(f"{ind}output: {short_hex(r.output)}")
     for s in r.syscalls:
         lines.append(f"{ind}syscall #{s.index} {s.name}({', '.join(hex(a) for a in s.args[:3])}) -> {s.ret}"
-                     + (f"  [{s.outcome}]" if s.outcome else ""))
+                     + (f"  [{s.outcome}]" if s.outcome else "") + label(s))
     for f in r.faults:
         lines.append(f"{ind}{f.line()}")
     for c in r.children:
-        lines.extend(ind + x for x in _format_call(i, c, ind))
+        lines.extend(ind + x for x in _format_call(i, c, ind, label))
     return lines

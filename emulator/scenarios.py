@@ -59,4 +59,7 @@ def plan(name: str, sizes: list[int], calls: int, state_write_index: int) -> Sce
     elif name == "kernel-copy-spin":
         target.injections = [f"drop@{at}", f"oom@{at}"]
         target.note = "state page dropped mid-call; allocations fail from here on"
+        for later in out[2:]:
+            later.injections = ["oom-off@0"]
+            later.note = "memory is back: the state recovers"
     return Scenario(name, SCENARIOS[name], out)
