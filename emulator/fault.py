@@ -81,18 +81,27 @@ def predict(m: "Machine", address: int, access: str) -> str:
         return "SIGSEGV (access error)"
     pte = m.mm.pte(address)
     write = access == "write"
+    phys = m.kernel.phys
+    alloc_fails = phys.failing != "off" or (phys.free_pages == 0 and not phys.lru_drop)
+
+    def oom_text(what: str) -> str:
+        if vma.vm_flags & F.VM_DROPPABLE:
+            return f"{what}: OOM on droppable -> " + ("skip instruction" if m.mm.droppable_oom == "skip"
+                                                      else "retry (refault)")
+        return f"{what}: OOM -> OOM kill"
     if pte is not None and pte.frame is not None:
         if write and not pte.writable:
-            return "COW copy" if getattr(pte.frame, "refcount", 1) > 1 or pte.frame is m.kernel.phys.zero_frame else "reuse (write-enable)"
+            needs_copy = getattr(pte.frame, "refcount", 1) > 1 or pte.frame is phys.zero_frame
+            if not needs_copy:
+                return "reuse (write-enable)"
+            return oom_text("COW copy") if alloc_fails else "COW copy"
         return "spurious"
     if pte is not None and pte.swap_slot is not None:
-        return "swap-in"
+        return oom_text("swap-in") if alloc_fails else "swap-in"
     if not write:
         return "map zero page"
-    if m.kernel.phys.failing != "off" or (m.kernel.phys.free_pages == 0 and not m.kernel.phys.lru_drop):
-        if vma.vm_flags & F.VM_DROPPABLE:
-            return "OOM on droppable -> " + ("skip instruction" if m.mm.droppable_oom == "skip" else "retry (refault)")
-        return "OOM -> OOM kill"
+    if alloc_fails:
+        return oom_text("allocate zeroed frame")
     return "allocate zeroed frame"
 
 
@@ -172,6 +181,7 @@ def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip
             rec.skip_len = n
             rec.new_rip = rip + n
             ctx.rip = rip + n
+            m.set_reg("rip", rip + n)     # debuggers read the register, not ctx
             ctx.index += 1            # the skipped instruction retires (as a no-op)
             ctx.refaults = 0
             ctx.last_fault_key = None

@@ -113,6 +113,7 @@ class CallContext:
     done: bool = False
     stop_on_fault: bool = False  # stepper: stop *before* handling a fault
     pending_fault: tuple | None = None   # (PendingFault, rip) when stopped at a fault
+    stop_requested: bool = False  # a hook (breakpoint, Ctrl-C) asks the run loop to return
 
 
 @dataclass
@@ -154,6 +155,7 @@ class Machine:
         self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
         for name_, start, backing, perms in kernel.special_mappings():
             self._map_special(start, backing, perms)
+        self.uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)   # the CPU's reset value (Unicorn starts at 0)
         if _stack:
             r = self.mm.mmap(STACK_TOP - STACK_SIZE, STACK_SIZE, F.PROT_READ | F.PROT_WRITE,
                              F.MAP_PRIVATE | F.MAP_ANONYMOUS | F.MAP_FIXED)
@@ -386,7 +388,7 @@ class Machine:
         from emulator import inject as inject_mod
         from emulator import syscalls as sys_mod
         while not ctx.done:
-            if ctx.pending_fault is not None:
+            if ctx.pending_fault is not None or ctx.stop_requested:
                 return
             while ctx.injections and ctx.injections[0].at <= ctx.index:
                 inject_mod.apply(self, ctx, ctx.injections.pop(0))

@@ -101,23 +101,39 @@ def find_state_write(cfg: RunConfig, size: int) -> int:
     return max(1, ctx.result.instructions // 2)
 
 
-def run(cfg: RunConfig) -> dict:
-    cfg.validate()
+@dataclass
+class CallPlan:
+    size: int
+    injections: list[Injection]
+
+
+def plan_calls(cfg: RunConfig) -> tuple[Scenario, list[CallPlan]]:
+    """The calls a run makes, each with its injections: the scenario's (placed
+    at a landmark found in a probe run) plus --inject KIND@N (every call) and
+    KIND@C:N (call C)."""
     per_call: dict[int, list[Injection]] = {}
     every: list[Injection] = []
     for spec in cfg.injections:
         call, inj = split_call_injection(spec)
         (per_call.setdefault(call, []) if call else every).append(inj)
-    landmark = find_state_write(cfg, cfg.sizes[-1] if len(cfg.sizes) == 1 else cfg.sizes[1 % len(cfg.sizes)]) \
-        if cfg.scenario != "none" else 0
-    scen: Scenario = plan(cfg.scenario, cfg.sizes, cfg.calls, landmark)
-    kernel, m, caller = new_process(cfg)
-    results: list[CallResult] = []
+    landmark = 0
+    if cfg.scenario != "none":
+        size = cfg.sizes[-1] if len(cfg.sizes) == 1 else cfg.sizes[1 % len(cfg.sizes)]
+        landmark = find_state_write(cfg, size)
+    scen = plan(cfg.scenario, cfg.sizes, cfg.calls, landmark)
+    calls = []
     for i, pc in enumerate(scen.calls, start=1):
-        injs = [parse_injection(s) for s in pc.injections] + list(every) + per_call.get(i, [])
-        res = caller.getrandom(pc.size, cfg.flags, injections=[Injection(j.at, j.kind) for j in injs],
-                               budget=cfg.budget)
-        results.append(res)
+        injs = [parse_injection(s) for s in pc.injections] + every + per_call.get(i, [])
+        calls.append(CallPlan(pc.size, [Injection(j.at, j.kind) for j in injs]))   # fresh objects per call
+    return scen, calls
+
+
+def run(cfg: RunConfig) -> dict:
+    cfg.validate()
+    scen, calls = plan_calls(cfg)
+    kernel, m, caller = new_process(cfg)
+    results: list[CallResult] = [caller.getrandom(c.size, cfg.flags, injections=c.injections, budget=cfg.budget)
+                                 for c in calls]
     return {
         "image": {"name": cfg.image.name, "abi": cfg.image.abi,
                   "getrandom": hex(cfg.image.symbol("__vdso_getrandom")),

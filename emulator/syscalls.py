@@ -157,4 +157,5 @@ def do_syscall(m: "Machine", ctx: "CallContext", rip: int) -> None:
     uc.reg_write(X.UC_X86_REG_RAX, ret & U64)
     uc.reg_write(X.UC_X86_REG_RCX, next_rip)                              # as SYSCALL does
     uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))      # as SYSCALL does
+    uc.reg_write(X.UC_X86_REG_RIP, next_rip)
     ctx.rip = next_rip
