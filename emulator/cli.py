@@ -60,6 +60,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flags", type=_int, default=0, help="getrandom flags passed to the vDSO")
     p.add_argument("--livelock", type=_int, default=None, metavar="N",
                    help="refaults without progress before a livelock is reported")
+    p.add_argument("--profile", default="zen4",
+                   help="cycle profile: zen4 (shipped), calibrated (from faultpath calibrate), or a .toml path")
 
 
 def build_run_config(args: argparse.Namespace):
@@ -76,7 +78,7 @@ def build_run_config(args: argparse.Namespace):
         raise UsageError(f"--livelock {livelock}: out of range")
     cfg = RunConfig(image=image, sizes=sizes, calls=calls, seed=args.seed, memory_pages=args.memory,
                     swap_pages=args.swap, droppable_oom=args.droppable_oom, injections=list(args.inject),
-                    scenario=scenario, flags=args.flags, livelock_limit=livelock)
+                    scenario=scenario, flags=args.flags, livelock_limit=livelock, profile=args.profile)
     cfg.validate()
     return cfg
 
@@ -111,7 +113,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 # Sub-commands living in their own modules register themselves here.
 _EXTRA_COMMANDS = ["emulator.cmd_asm", "emulator.cmd_step", "emulator.cmd_gdb", "emulator.cmd_skipcheck",
-                   "emulator.cmd_decodecheck", "emulator.cmd_sweep", "emulator.cmd_bench", "emulator.cmd_compare"]
+                   "emulator.cmd_decodecheck", "emulator.cmd_sweep", "emulator.cmd_calibrate", "emulator.cmd_bench",
+                   "emulator.cmd_compare"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -368,7 +368,10 @@ class Machine:
             self.set_reg(r, v & 0xFFFF_FFFF_FFFF_FFFF)
         rsp = STACK_TOP - 256          # entry: (rsp + 8) % 16 == 0 after the return address push
         rsp -= 8
-        self.user_write(rsp, (SENTINEL_PAGE).to_bytes(8, "little"))
+        ret = SENTINEL_PAGE.to_bytes(8, "little")
+        from emulator.usercopy import store_if_writable
+        if not store_if_writable(self, rsp, ret):      # the caller's frame is normally live
+            self.user_write(rsp, ret)
         self.set_reg("RSP", rsp)
         self.set_reg("RIP", func)
         res = CallResult(size=size, process=self.name)
@@ -512,7 +515,7 @@ class Machine:
                 raise UnfaithfulInstruction(f"{info.unfaithful} at {info.addr:#x} reached at run time")
             if rep_open is not None and info.addr == rep_open and info.ninsns == 1 and info.rep_tail:
                 # another iteration of a rep string insn that is already counted
-                cyc += self.blocks.rep_element_cost
+                cyc += info.rep_element_cost or self.blocks.rep_element_cost
                 continue
             k = info.executed_before(stop_rip) if i == last else info.ninsns
             idx += k

@@ -1,0 +1,199 @@
+"""The cycle model: the per-block scoreboard (emulator/scoreboard.py over the
+instruction forms of emulator/uarch.py), the block cache, profiles as data,
+and event costs charged once per fault stage.  Numeric accuracy against the
+real CPU is `faultpath bench`'s job, not a unit test's."""
+from __future__ import annotations
+
+import pytest
+
+from emulator.blocks import analyse_code
+from emulator.cost import load_profile
+from emulator.errors import UsageError
+from vdso.asm_build import assemble_snippet
+
+P = load_profile("zen4")
+
+
+def timing(src: str, addr: int = 0x1000):
+    return analyse_code(bytes(assemble_snippet(src, addr, "<test>")), addr, P)
+
+
+@pytest.mark.parametrize("n", [4, 16, 64])
+def test_a_chain_of_n_adds_costs_n_latencies(n):
+    t = timing("add rax, rcx\n" * n)
+    lat = P.forms["add"]["lat"]
+    assert t.latency == pytest.approx(n * lat)
+    assert t.recurrence == pytest.approx(n * lat)      # rax feeds the next execution too
+    assert t.cost == pytest.approx(n * lat)
+    assert t.bound == "recurrence"
+
+
+def test_a_chain_of_imuls_costs_three_cycles_each():
+    assert timing("imul rax, rcx\n" * 10).cost == pytest.approx(30)
+
+
+def test_independent_adds_are_throughput_bound():
+    regs = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13"]
+    t = timing("".join(f"add {r}, 0x1\n" for r in regs))
+    assert t.recurrence == pytest.approx(1)
+    assert t.latency == pytest.approx(1)
+    # 12 ALU uops over 4 ALU pipes: 3 cycles (dispatch alone would allow 2)
+    assert t.throughput == pytest.approx(12 / len(P.ports["ALU"]))
+    assert t.cost == pytest.approx(3)
+    assert t.bound.startswith("ports:")
+
+
+def test_dispatch_width_bounds_eliminated_moves():
+    t = timing("mov rax, rbx\nmov rcx, rdx\n" * 6)      # 12 eliminated moves: no pipe, 6 a cycle
+    assert t.cost == pytest.approx(12 / P.core["dispatch_width"])
+    assert t.bound == "dispatch"
+
+
+def test_zero_idiom_breaks_a_chain():
+    t = timing("add rax, rcx\nadd rax, rcx\nxor eax, eax\nadd rax, rcx\n")
+    assert t.latency == pytest.approx(2)
+    assert t.recurrence == 0            # the final rax no longer depends on the previous execution
+
+
+def test_vector_shifts_use_two_pipes():
+    t = timing("".join(f"pslld xmm{i}, 0x1\n" for i in range(8)))
+    assert t.throughput == pytest.approx(8 / len(P.ports["VSHIFT"]))
+
+
+def test_loop_carried_chain_across_repeated_executions():
+    # The loop's own recurrence is the imul chain (3), not its throughput or the adds.
+    t = timing(".Ltop:\nadd rsi, 0x1\nimul rbx, rbx\nadd rdi, rsi\ndec rdx\njnz .Ltop\n")
+    assert t.detail["loop"]
+    assert t.recurrence == pytest.approx(3)
+    assert t.cost == pytest.approx(3)
+
+
+def test_loop_inside_a_longer_block_keeps_its_chain():
+    # Unicorn may merge a loop's pre-header with the first iteration: the block
+    # still costs the loop's chain, not just its throughput.
+    pre = "movdqa xmm1, xmm5\nmov eax, 0xa\n"
+    body = ".Ltop:\npaddd xmm1, xmm2\npxor xmm1, xmm3\npslld xmm1, 0x7\npor xmm1, xmm4\ndec eax\njnz .Ltop\n"
+    t = timing(pre + body)
+    assert t.recurrence == pytest.approx(4)
+
+
+def test_chacha_double_round_is_latency_bound():
+    """The host vDSO's ChaCha20 loop: 2 x (4 quarter-round steps of 4 + pshufd) = 34."""
+    step = ("paddd xmm1, xmm2\npxor xmm4, xmm1\nmovdqa xmm0, xmm4\npslld xmm0, 0x10\npsrld xmm4, 0x10\n"
+            "por xmm4, xmm0\npaddd xmm3, xmm4\npxor xmm2, xmm3\nmovdqa xmm0, xmm2\npslld xmm0, 0xc\n"
+            "psrld xmm2, 0x14\npor xmm2, xmm0\n")
+    half = step * 2 + "pshufd xmm2, xmm2, 0x39\npshufd xmm3, xmm3, 0x4e\npshufd xmm4, xmm4, 0x93\n"
+    t = timing(".Ltop:\n" + half * 2 + "dec al\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(34)
+    assert t.throughput < 15
+
+
+def test_stores_bound_loops_only():
+    straight = timing("mov qword ptr [rdi], rax\n" * 8)
+    loop = timing(".Ltop:\n" + "mov qword ptr [rdi], rax\n" * 8 + "dec rcx\njnz .Ltop\n")
+    assert straight.cost < loop.cost == pytest.approx(8 / len(P.ports["ST"]))
+
+
+def test_rep_string_tail_has_startup_and_element_costs():
+    t = timing("mov ecx, 0x10\nrep stosq qword ptr [rdi], rax\n")
+    assert t.bound == "rep"
+    assert t.cost >= P.core["rep_startup"]
+    assert t.rep_elem == pytest.approx(8 / P.core["rep_bytes_per_cycle"])
+
+
+def test_core_cycles_convert_to_tsc():
+    assert P.to_tsc(100) == pytest.approx(100 * P.tsc_per_core_cycle)
+    assert 0.3 < P.tsc_per_core_cycle < 2
+
+
+def test_getrandom_syscall_cost_counts_chacha_blocks():
+    assert [P.getrandom_blocks(n) for n in (0, 1, 32, 33, 64, 65, 128, 4096)] == [0, 0, 0, 1, 1, 2, 2, 64]
+    small, one, two = P.syscall_cost(318, 32), P.syscall_cost(318, 64), P.syscall_cost(318, 96)
+    assert small < one < two
+    assert two - one == pytest.approx(P.event["getrandom_per_block"] + 32 * P.event["getrandom_per_byte"])
+
+
+def test_split_access_penalties():
+    assert P.mem_access_penalty(0x1000, 8, store=False) == 0
+    assert P.mem_access_penalty(0x103C, 8, store=False) == pytest.approx(P.to_tsc(P.core["load_line_split"]))
+    assert P.mem_access_penalty(0x1FFC, 8, store=True) == pytest.approx(P.to_tsc(P.core["store_page_split"]))
+
+
+# --- profiles as data ------------------------------------------------------------------
+
+def test_every_form_names_a_known_port_group_and_has_a_source_line():
+    text = (P.path and open(P.path).read()) or ""
+    assert "[UOPS]" in text and "[SOG]" in text and "[AGNER]" in text
+    for key, f in P.forms.items():
+        assert f.get("ports", "-") == "-" or f["ports"] in P.ports, key
+
+
+def test_a_variant_profile_overlays_its_base(tmp_path):
+    p = tmp_path / "v.toml"
+    p.write_text('[meta]\nname = "v"\nbase = "zen4"\ntsc_per_core_cycle = 0.5\n'
+                 '[forms]\npaddd = { lat = 2.0 }\n[event]\nalloc = 1.0\n')
+    v = load_profile(str(p))
+    assert v.name == "v" and v.tsc_per_core_cycle == 0.5
+    assert v.forms["paddd"] == {"lat": 2.0, "ports": "VALU"}     # ports kept from the base
+    assert v.event["alloc"] == 1.0 and v.event["zero_fill"] == P.event["zero_fill"]
+    assert load_profile(str(p)) is v                              # loaded once per file version
+
+
+@pytest.mark.parametrize("body, needle", [
+    ('[event]\nalloc = "x"\n', "not a number"),
+    ('[event]\nalloc = -1\n', "non-negative"),
+    ('[forms]\npaddd = { lat = 1, ports = "NOPE" }\n', "unknown port group"),
+    ('[meta\n', "profile"),
+])
+def test_bad_profiles_are_one_line_usage_errors(tmp_path, body, needle):
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    with pytest.raises(UsageError, match=needle):
+        load_profile(str(p))
+
+
+def test_unknown_profile_name():
+    with pytest.raises(UsageError, match="no such profile"):
+        load_profile("no-such-profile-here")
+
+
+# --- the block cache and event charging in a Machine -----------------------------------------
+
+def test_the_block_cache_is_used():
+    from emulator.run import RunConfig, new_process
+    from vdso.asm_build import build_image
+    img = build_image("builtin")
+    _, m, caller = new_process(RunConfig(image=img, sizes=[256], calls=1, seed=3))
+    caller.getrandom(256)
+    caller.getrandom(256)
+    n = m.blocks.decoded
+    r = caller.getrandom(256)
+    assert r.outcome == "returned" and r.cycles > 0
+    assert m.blocks.decoded == n                     # nothing analysed again
+    _, m2, caller2 = new_process(RunConfig(image=img, sizes=[256], calls=1, seed=3))
+    for _ in range(3):
+        r2 = caller2.getrandom(256)
+    assert m2.blocks.decoded == 0                    # shared by every Machine of the process
+    assert r2.cycles == pytest.approx(r.cycles)
+
+
+def test_fault_events_are_charged_once_per_stage():
+    from emulator.uarch_predict import _machine, _mmap, _snippet_image
+    m = _machine(_snippet_image(), P)
+    wr = m.kernel.image.symbol("touch_write")
+    a = _mmap(m, 2 * 4096)
+    warm = m.call(wr, [a])                           # first write: zero-fill fault
+    again = m.call(wr, [a + 8])                      # mapped now: no fault
+    assert len(warm.faults) == 1 and not again.faults
+    kinds = [e.kind for e in m.trace.events]
+    stages = warm.faults[0].stages
+    assert stages.count("zero_fill") == 1 and stages.count("alloc") == 1
+    for k in ("fault_entry", "vma_lookup", "fault_return"):
+        assert kinds.count(k) == 1, (k, kinds)
+    charged = sum(e.cycles for e in m.trace.events if e.kind in
+                  ("fault_entry", "vma_lookup", "fault_return", *stages))
+    expected = (P.event_cost("fault_entry") + P.event_cost("vma_lookup") + P.event_cost("fault_return")
+                + sum(P.stage_cost(s, {}) for s in stages))
+    assert charged == pytest.approx(expected)
+    assert warm.faults[0].cycles == pytest.approx(expected)
+    assert warm.cycles - again.cycles == pytest.approx(expected, abs=5)
