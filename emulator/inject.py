@@ -87,7 +87,7 @@ def _continue_child(parent: "Machine", ctx: "CallContext", child: "Machine") -> 
     from emulator.machine import CallContext
     from emulator.records import CallResult
     res = CallResult(size=ctx.result.size, process=child.name)
-    cctx = CallContext(result=res, rip=ctx.rip, budget=ctx.budget, index=ctx.index,
+    cctx = CallContext(result=res, rip=ctx.rip, budget=ctx.budget, index=ctx.index, rep_open=ctx.rep_open,
                        injections=[i for i in ctx.injections if i.kind != "fork"])
     child.sync()
     child.run(cctx)

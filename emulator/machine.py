@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 from collections import Counter
+from functools import lru_cache
 from dataclasses import dataclass, field
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_MEM_PROT, UC_HOOK_MEM_UNMAPPED,
@@ -63,6 +64,7 @@ GPR_IDS = [getattr(X, f"UC_X86_REG_{r}") for r in GPRS]
 XMM_IDS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
 
 
+@lru_cache(maxsize=64)
 def _tail_window(text: bytes) -> int:
     from emulator.decode import disassembler
     code, off = bytes(text), 0
@@ -148,7 +150,7 @@ class Machine:
         self._syscall: PendingSyscall | None = None
         self._hook_error: BaseException | None = None
         self._journal: list[tuple[int, int, int, bytes]] = []   # (block seq, rip, addr, old bytes)
-        self.tail = _tail_window(kernel.image.text)
+        self.tail = _tail_window(bytes(kernel.image.text))
         self.children: list[Machine] = []
         self.killed = False
         self.uc.hook_add(UC_HOOK_MEM_PROT | UC_HOOK_MEM_UNMAPPED, self._on_invalid)
@@ -543,6 +545,8 @@ class Machine:
     def fork(self, name: str = "child") -> "Machine":
         """dup_mm() plus a copy of the CPU: the child continues where we are."""
         child_mm = self.mm.dup_mm()
+        if isinstance(child_mm, int):       # -ENOMEM: strict overcommit, or no pages for the child
+            raise EmulationError(f"fork: dup_mm failed with errno {-child_mm}")
         child = Machine(self.kernel, child_mm, livelock_limit=self.livelock_limit, name=name, _stack=False)
         child.copy_cpu_from(self)
         self.sync()     # dup_mm write-protected our pages (COW)
@@ -588,6 +592,8 @@ class Machine:
         self.kernel.restore_state(snap.kernel)
         del self.trace.events[snap.trace_len:]
         for child in self.children[snap.nchildren:]:
+            if not getattr(child.mm, "dead", False):
+                child.mm.exit_mmap()        # free the child's frames: they stay charged otherwise
             child.close()
         del self.children[snap.nchildren:]
         self.killed = False

@@ -17,6 +17,7 @@ interface contract is docs/mm-api.md. Modules, one concept each:
     mmap        mmap/munmap, get_unmapped_area
     mprotect    mprotect
     mlock       mlock/munlock/mlock2/mlockall/munlockall
+    special_mapping  kernel-provided pinned pages (_install_special_mapping)
     madvise     madvise
     fork        dup_mm
     coredump    the core-dump view

@@ -8,7 +8,9 @@ Per parent VMA:
 - VM_LOCKED/VM_LOCKONFAULT cleared (locks are not inherited; child locked_vm = 0,
   and MCL_FUTURE's def_flags are not inherited either);
 - VM_WIPEONFORK (so every droppable VMA): the child gets the VMA with no pages
-  (reads see zeros); VM_DROPPABLE and the other flags are inherited;
+  (reads see zeros); VM_DROPPABLE and the other flags are inherited; a pinned
+  special mapping (mm/special_mapping.py) gets fresh zeroed kernel pages instead,
+  or the fork fails with -ENOMEM;
 - otherwise the PTEs are shared copy-on-write: present frames are write-protected
   in both mms; swap entries and zero-page mappings are shared.
 """
@@ -66,6 +68,10 @@ def dup_mm(parent: "MM") -> Union["MM", int]:
                 pte = PTE(pte.frame, False)    # COW: write-protect the parent too
                 parent._set_pte(vpn, pte)
             child._set_pte(vpn, pte)
+    from .special_mapping import dup_special_mappings
+    if dup_special_mappings(child):
+        child.exit_mmap()
+        return -ENOMEM
     return child
 
 

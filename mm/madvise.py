@@ -108,6 +108,8 @@ def _pageout(mm: "MM", start: int, end: int) -> None:
         if pte is None or pte.frame is None or pte.frame.is_zero or pte.frame.mapcount != 1:
             continue
         f = pte.frame
+        if vmscan.frame_unevictable(f):
+            continue                           # kernel pages of a VM_IO special mapping
         if f.droppable or f.lazyfree:
             vmscan.discard_frame(phys, f)
         elif phys.swap.free > 0:

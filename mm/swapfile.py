@@ -4,12 +4,25 @@ A slot holds an immutable copy of the page. ``refs`` counts swap PTEs pointing a
 it (swap_map count: >1 after fork), ``snap_refs`` counts MM snapshots holding it.
 Only slots referenced by PTEs count against ``nr_pages`` (like frames, what only a
 snapshot holds is outside the budget).
+
+The device itself can be watched: after ``record_writes()`` every page written
+(swap_writepage) is kept in ``writes`` with the (mm id, vaddr) mappings it came
+from. A freed slot forgets its bytes here, but a real disk keeps them until the
+block is overwritten, so the log is what could be read back from the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
+
+
+@dataclass(frozen=True)
+class SwapWrite:
+    """One page written to the swap device."""
+    slot: int
+    data: bytes = field(repr=False)
+    origin: tuple = ()                 # ((mm id, vaddr), ...) that mapped the page
 
 
 @dataclass(eq=False)
@@ -29,13 +42,21 @@ class SwapArea:
         self.used = 0                      # slots with refs > 0
         self._free_ids: list[int] = []
         self._next_id = 1                  # swap entry 0 is never used (like swp offset 0 = header)
+        self.writes: Optional[list[SwapWrite]] = None
+
+    def record_writes(self) -> list[SwapWrite]:
+        """Start keeping every page written to the device; returns the log."""
+        if self.writes is None:
+            self.writes = []
+        return self.writes
 
     @property
     def free(self) -> int:
         return max(0, self.nr_pages - self.used)
 
-    def alloc(self, data: bytes) -> Optional[SwapSlot]:
-        """get_swap_page(): a slot holding ``data`` with no references yet, or None when full."""
+    def alloc(self, data: bytes, origin: tuple = ()) -> Optional[SwapSlot]:
+        """get_swap_page() + swap_writepage(): a slot holding ``data`` with no
+        references yet, or None when full. ``origin``: the mappings of the page."""
         if self.used >= self.nr_pages:
             return None
         sid = self._free_ids.pop() if self._free_ids else self._next_id
@@ -43,6 +64,8 @@ class SwapArea:
             self._next_id += 1
         s = SwapSlot(sid, bytes(data))
         self.slots[sid] = s
+        if self.writes is not None:
+            self.writes.append(SwapWrite(sid, s.data, origin))
         return s
 
     def get(self, sid: int) -> SwapSlot:

@@ -8,7 +8,9 @@ Order of a shrink pass, SWAP_CLUSTER_MAX pages at a time, oldest first:
     are swapped out (bytes copied into a slot, every mapping PTE replaced by the
     swap entry).
 mlocked frames (mapped by a VM_LOCKED VMA) are never reclaimed (the kernel moves
-them to the unevictable list; here they are rotated to the LRU tail). Frames pinned
+them to the unevictable list; here they are rotated to the LRU tail), nor are
+kernel-provided pages mapped by a VM_IO special mapping (mm/special_mapping.py:
+in the kernel such pages were never on an LRU). Frames pinned
 by a fault in progress are skipped too (an elevated refcount makes reclaim fail).
 
 Unmapping goes through the reverse map, so the PTE change is recorded in whichever
@@ -21,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from .flags import PAGE_SHIFT, VM_LOCKED
+from .flags import PAGE_SHIFT, VM_IO, VM_LOCKED
 from .page import DROPPED_PTE, PTE, Frame
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +57,15 @@ def frame_mlocked(frame: Frame) -> bool:
     return False
 
 
+def frame_unevictable(frame: Frame) -> bool:
+    """!folio_evictable(): mlocked, or a kernel page of a VM_IO special mapping."""
+    for mm, vaddr in frame.rmap:
+        vma = mm.find_vma(vaddr)
+        if vma is not None and vma.vm_flags & (VM_LOCKED | VM_IO):
+            return True
+    return False
+
+
 def discard_frame(phys: "PhysMem", frame: Frame) -> None:
     """Unmap a discardable frame from every PTE. Droppable pages leave the
     'dropped' marker; a later read maps the zero page, a write a fresh zeroed frame."""
@@ -67,7 +78,7 @@ def discard_frame(phys: "PhysMem", frame: Frame) -> None:
 
 def swap_out_frame(phys: "PhysMem", frame: Frame) -> bool:
     """Write the frame to a swap slot and point every mapping PTE at it."""
-    slot = phys.swap.alloc(frame.data)
+    slot = phys.swap.alloc(frame.data, origin=tuple(sorted((mm.id, vaddr) for mm, vaddr in frame.rmap)))
     if slot is None:
         return False
     pte = PTE(None, False, slot.slot)
@@ -90,7 +101,7 @@ def _scan(phys: "PhysMem", lru: "OrderedDict[Frame, None]", target: int,
             lru.move_to_end(frame)
             res.pinned += 1
             continue
-        if frame_mlocked(frame):
+        if frame_unevictable(frame):
             lru.move_to_end(frame)
             res.unevictable += 1
             continue
