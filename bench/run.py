@@ -14,7 +14,7 @@ from unicorn import UC_ARCH_X86, UC_HOOK_INSN, UC_MODE_64, UC_PROT_ALL, Uc
 from unicorn import x86_const as X
 
 from emulator.run import RunConfig, run
-from vdso.elf_image import host_has_vgetrandom, load_host
+from vdso.elf_image import host_has_vgetrandom
 from vdso.loader import default_image_name, load_image
 
 

@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
-from emulator.compare_scenarios import SCENARIOS, Options, ScenarioResult, run_scenario
+from emulator.compare_scenarios import SCENARIOS, Options, run_scenario
 from emulator.designs import Design
 from vdso.image import VdsoImage
 

@@ -12,7 +12,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-from emulator.compare_ledger import Ledger, duplicate_bytes, windows_of, zero_run_bytes
+from emulator.compare_ledger import duplicate_bytes, windows_of, zero_run_bytes
 from emulator.compare_world import Call, World, secret_bytes
 from emulator.designs import PAGE_SIZE, Design
 from emulator.errors import UsageError

@@ -23,7 +23,7 @@ def _keys(results) -> list[bytes]:
 
 def test_drop_at_every_10th_instruction_of_a_256_byte_call(host_image):
     cfg, k, m, caller = _proc(host_image)
-    warm = caller.getrandom(256)
+    caller.getrandom(256)
     n = caller.getrandom(256).instructions
     assert n > 100
     seen_reseed = 0
