@@ -112,8 +112,9 @@ def snapshot_cow(m: "Machine", address: int) -> bool:
     snapshot changes no fault record, cycle count or outcome."""
     pte = m.mm.pte(address)
     f = pte.frame if pte is not None else None
-    return (f is not None and not pte.writable and not f.is_zero and f.snap_refs > 0
-            and len(f.rmap) == 1)
+    # snap_wp survives the snapshot's release (the PTE stays write-protected),
+    # and a fork in between clears it (that write-protection is the kernel's).
+    return f is not None and pte.snap_wp and not pte.writable and not f.is_zero and len(f.rmap) == 1
 
 
 def resolve_snapshot_cow(m: "Machine", address: int, user: bool) -> bool:

@@ -80,6 +80,7 @@ class PTE:
     writable: bool
     swap_slot: Optional[int] = None
     dropped: bool = False
+    snap_wp: bool = False     # write-protected only by an MM snapshot (a harness artifact, not the kernel's)
 
     @property
     def present(self) -> bool:

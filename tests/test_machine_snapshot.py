@@ -56,3 +56,22 @@ def test_a_snapshot_changes_no_fault_record_or_cycle_count():
         r = ctx.result
         return (r.ret, m.read(caller.buffer, 300), len(r.faults), r.instructions, round(r.cycles, 6))
     assert once(True) == once(False)
+
+
+def test_a_released_snapshot_leaves_no_visible_fault_behind():
+    """The snapshot's write-protection outlives the snapshot object; the first
+    write after its release must still be invisible."""
+    import gc
+
+    def once(take_snapshot: bool):
+        k, m, caller = _proc()
+        caller.getrandom(300)
+        ctx = m.prepare_call(caller.func, caller.args(300), size=300)
+        m.step(ctx, 77)
+        if take_snapshot:
+            m.snapshot(ctx)          # dropped at once
+            gc.collect()
+        m.run(ctx)
+        r = ctx.result
+        return (r.ret, m.read(caller.buffer, 300), len(r.faults), r.instructions, round(r.cycles, 6))
+    assert once(True) == once(False)
