@@ -209,13 +209,18 @@ class BlockCache:
         models = []
         unfaithful = None
         p = self.profile
+        decoded = 0
         for ins in disassembler(True).disasm(code, addr):
             addrs.append(ins.address)
             models.append(uarch.model(ins, p))
+            decoded += ins.size
             if unfaithful is None:
                 unfaithful = unfaithful_reason(bytes(ins.bytes), ins.mnemonic, ins.op_str)
+        if unfaithful is None and decoded < len(code):
+            # Bytes capstone stopped on but Unicorn ran (the CPU raises #UD there).
+            unfaithful = unfaithful_reason(code[decoded:decoded + 15])
         if not addrs:   # undecodable: count the block as one instruction
-            return BlockInfo(addr, size, (addr,), (0.0, p.insn_cost("other")), False, None)
+            return BlockInfo(addr, size, (addr,), (0.0, p.insn_cost("other")), False, unfaithful)
         uarch.fuse_pairs(models, p)
         t = scoreboard.analyse(models, p)
         total = p.to_tsc(t.cost)

@@ -183,7 +183,8 @@ def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip
             rec.new_rip = rip + n
             ctx.rip = rip + n
             m.set_reg("rip", rip + n)     # debuggers read the register, not ctx
-            ctx.index += 1            # the skipped instruction retires (as a no-op)
+            if ctx.rep_open != rip:   # a rep insn already under way was counted when it started
+                ctx.index += 1        # the skipped instruction retires (as a no-op)
             ctx.refaults = 0
             ctx.last_fault_key = None
     else:

@@ -614,8 +614,9 @@ def skip_length(code: bytes) -> int | None:
     Not corrected, on purpose: a lock prefix on a non-lockable instruction
     ("f0 88 00", lock mov) is #UD on the CPU and capstone rejects it, but
     Unicorn 2.1.4 ignores the lock and runs the instruction, so such a store
-    can fault in the emulator and then retry forever; refuse such code
-    before running it instead ("invalid-lock-prefix" in `classify`).
+    can fault in the emulator and then retry forever; such code is refused
+    before it runs (`emulator.decode.unfaithful_reason`, which also refuses
+    the "unicorn-only" encodings; "invalid-lock-prefix" in `classify`).
     """
     code = bytes(code[:MAX_INSN_LEN])
     cs_len = capstone_length(code)

@@ -19,7 +19,7 @@ from collections import Counter
 from functools import lru_cache
 from dataclasses import dataclass, field
 
-from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_MEM_PROT, UC_HOOK_MEM_UNMAPPED,
+from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_PROT, UC_HOOK_MEM_UNMAPPED,
                      UC_HOOK_MEM_WRITE, UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_READ_PROT,
                      UC_MEM_READ_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_MODE_64,
                      UC_PROT_EXEC, UC_PROT_NONE, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
@@ -50,7 +50,7 @@ DEFAULT_LIVELOCK = 1000         # faults at one instruction without progress bef
 TAIL = 16
 TAIL_MULTI_PIECE = 512
 MULTI_PIECE_STORES = {"fxsave", "fxsave64", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xsavec",
-                      "xsavec64", "xsaves", "xsaves64", "enter"}
+                      "xsavec64", "xsaves", "xsaves64", "enter", "fnsave", "fsave", "fnstenv", "fstenv"}
 
 _ACCESS = {
     UC_MEM_READ_PROT: "read", UC_MEM_READ_UNMAPPED: "read",
@@ -65,17 +65,30 @@ XMM_IDS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
 
 
 @lru_cache(maxsize=64)
-def _tail_window(text: bytes) -> int:
+def _linear_sweep(text: bytes) -> tuple[tuple[int, str, str], ...]:
+    """(offset, mnemonic, operands) of every instruction of a linear sweep that
+    steps over undecodable bytes."""
     from emulator.decode import disassembler
-    code, off = bytes(text), 0
-    while off < len(code):          # linear sweep that steps over undecodable bytes
+    out, off = [], 0
+    while off < len(text):
         end = off
-        for addr, size, mnemonic, _ in disassembler().disasm_lite(code[off:], off):
-            if mnemonic in MULTI_PIECE_STORES:
-                return TAIL_MULTI_PIECE
+        for addr, size, mnemonic, ops in disassembler().disasm_lite(text[off:], off):
+            out.append((addr, mnemonic, ops))
             end = addr + size
         off = max(end, off + 1)
+    return tuple(out)
+
+
+def _tail_window(text: bytes) -> int:
+    if any(m in MULTI_PIECE_STORES for _, m, _ in _linear_sweep(text)):
+        return TAIL_MULTI_PIECE
     return TAIL
+
+
+def _flag_clobbering_stores(text: bytes) -> list[int]:
+    """rcl/rcr with a memory destination: Unicorn 2.1.4 updates CF/OF before the
+    store faults, so their RFLAGS are saved before they run (measured by skipcheck)."""
+    return [off for off, m, ops in _linear_sweep(text) if m in ("rcl", "rcr") and "ptr" in ops.split(",")[0]]
 
 
 @dataclass
@@ -150,7 +163,14 @@ class Machine:
         self._syscall: PendingSyscall | None = None
         self._hook_error: BaseException | None = None
         self._journal: list[tuple[int, int, int, bytes]] = []   # (block seq, rip, addr, old bytes)
+        self._fault_cpu = None              # CPU context at the first invalid access of a run
+        self._readahead_exit: int | None = None
+        self._saved_flags: dict[int, int] = {}   # rip -> RFLAGS before an rcl/rcr on memory
         self.tail = _tail_window(bytes(kernel.image.text))
+        for off in _flag_clobbering_stores(bytes(kernel.image.text)):
+            # Only these few instructions get a code hook: not the default path.
+            self.uc.hook_add(UC_HOOK_CODE, self._save_flags, None, kernel.image.base + off,
+                             kernel.image.base + off)
         self.children: list[Machine] = []
         self.killed = False
         self.uc.hook_add(UC_HOOK_MEM_PROT | UC_HOOK_MEM_UNMAPPED, self._on_invalid)
@@ -281,9 +301,17 @@ class Machine:
         try:
             if self._fault is None:
                 self._fault = PendingFault(_ACCESS.get(access, "read"), address, size)
+                self._fault_cpu = (uc.reg_read(X.UC_X86_REG_RIP), uc.reg_read(X.UC_X86_REG_RFLAGS),
+                                   uc.context_save())
         except BaseException as e:  # swallowed by Unicorn otherwise (DESIGN.md)
             self._hook_error = e
         return False
+
+    def _save_flags(self, uc, address, size, user_data) -> None:
+        try:
+            self._saved_flags[address] = uc.reg_read(X.UC_X86_REG_RFLAGS)
+        except BaseException as e:
+            self._hook_error = e
 
     def _on_syscall(self, uc, user_data) -> None:
         try:
@@ -428,21 +456,55 @@ class Machine:
     def _run_chunk(self, ctx: CallContext, chunk: int, fault_mod, sys_mod) -> None:
         self.recorder.reset()
         self._fault = None
+        self._fault_cpu = None
         self._syscall = None
         self._hook_error = None
         self._journal.clear()
         err = None
+        exit_at = self._readahead_exit
+        self._readahead_exit = None
         try:
+            if exit_at is not None:
+                # Stop translation at the page end (see the read-ahead note below).
+                self.uc.ctl_exits_enabled(True)
+                self.uc.ctl_set_exits([SENTINEL_PAGE, exit_at])
             self.uc.emu_start(ctx.rip, SENTINEL_PAGE, count=chunk)
         except UcError as e:
             err = e
+        finally:
+            if exit_at is not None:
+                self.uc.ctl_exits_enabled(False)
         if self._hook_error is not None:
             e = self._hook_error
             raise EmulationError(f"error inside a Unicorn hook: {type(e).__name__}: {e}") from e
+        if err is not None and self._fault_cpu is not None:
+            hook_rip, hook_flags, hook_ctx = self._fault_cpu
+            if self.uc.reg_read(X.UC_X86_REG_RIP) != hook_rip:
+                # Precise exceptions for helper-implemented stores (fxsave,
+                # cmpxchg8b/16b, maskmovdqu, x87 stores...): Unicorn leaves rip past
+                # the instruction and has updated registers; the CPU state at the
+                # faulting access is right.  (The saved context's lazy flags are
+                # stale, so RFLAGS comes from reg_read in the hook.)
+                self.uc.context_restore(hook_ctx)
+                self.uc.reg_write(X.UC_X86_REG_RFLAGS, hook_flags)
+            if hook_rip in self._saved_flags:
+                # rcl/rcr on memory update CF/OF before the store faults.
+                self.uc.reg_write(X.UC_X86_REG_RFLAGS, self._saved_flags[hook_rip])
         if self._syscall is not None:
             stop_rip = self._syscall.rip + 2
         else:
             stop_rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        if err is not None and self._fault is not None and self._fault.access == "exec" \
+                and self._fault.address != stop_rip and exit_at is None:
+            # Read-ahead: Unicorn translates past the end of a page before the
+            # instruction ending there has run; a fetch fault on the next page at
+            # translation time is not the CPU's fault yet.  Rerun with an exit
+            # at the fault address: the instructions before it execute, and a
+            # real fetch there faults with rip == address.
+            self._account(ctx, stop_rip)
+            ctx.rip = stop_rip
+            self._readahead_exit = self._fault.address
+            return
         before = ctx.index
         self._account(ctx, stop_rip)
         if ctx.index != before:

@@ -191,8 +191,8 @@ def test_assembly_errors_carry_file_and_line(tmp_path, body, line, pattern):
     ("vmovdqu ymm0, ymmword ptr [rax]", r"VEX\.256"),
     ("vpaddq zmm0, zmm1, zmm2", r"EVEX"),
     ("andn eax, ebx, ecx", r"VEX"),                       # BMI1 is VEX-encoded too
-    ("lock bts qword ptr [rax], rcx", r"lock bt"),
-    ("lock btr dword ptr [rax], ecx", r"lock bt"),
+    ("lock bts rax, rcx", r"lock bt"),          # register destination: aborts Unicorn 2.1.4
+    ("lock btr eax, ecx", r"lock bt"),
 ])
 def test_unfaithful_instructions_are_refused(tmp_path, insn, pattern):
     path = _write(tmp_path, "avx.s", f"f:\n    nop\n    {insn}\n    ret\n")
@@ -202,8 +202,12 @@ def test_unfaithful_instructions_are_refused(tmp_path, insn, pattern):
     assert re.search(pattern, str(exc.value))
 
 
-def test_lock_bts_with_an_immediate_is_allowed(tmp_path):
-    path = _write(tmp_path, "ok.s", "f:\n    lock bts qword ptr [rax], 5\n    ret\n")
+@pytest.mark.parametrize("insn", ["lock bts qword ptr [rax], 5", "lock bts qword ptr [rax], rcx",
+                                  "lock btr dword ptr [rax], ecx"])
+def test_lock_bt_with_a_memory_destination_is_allowed(tmp_path, insn):
+    """Measured: Unicorn 2.1.4 runs these correctly; only a register
+    destination (which the CPU refuses with #UD anyway) aborts it."""
+    path = _write(tmp_path, "ok.s", f"f:\n    {insn}\n    ret\n")
     assert build_image(path).symbols == {"f": 0}
 
 

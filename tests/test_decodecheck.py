@@ -246,3 +246,66 @@ def test_no_executable_sections(tmp_path):
 
 def test_report_type():
     assert Report(path="x").as_dict()["mismatches"] == {}
+
+
+# --------------------------------------------------------------------------
+# `faultpath decodecheck`
+# --------------------------------------------------------------------------
+
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "emulator.cli", "decodecheck", *args],
+                          capture_output=True, text=True, cwd=_ROOT, timeout=300)
+
+
+def _crafted(tmp_path):
+    # DESIGN.md's capstone bugs in one function: 66 48 c2 iw, 66 e9 rel16, dd cc
+    text = bytes.fromhex("6648c23412" "66e90000" "ddcc" "c3")
+    p = tmp_path / "crafted.so"
+    p.write_bytes(make_elf(text, funcs=[("f", 0, len(text))]))
+    return str(p)
+
+
+def test_cli_host_json(tmp_path):
+    p = _cli("--json", "host", _crafted(tmp_path))
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    host, crafted = d["files"]
+    assert host["path"].startswith("host (the running kernel") and host["compared"] > 100
+    assert host["agreements"] == host["compared"]
+    assert crafted["mismatches"] == {"capstone-66-near-branch-intel-vs-amd": 1,
+                                     "capstone-66-rex-w-ret-imm": 1, "capstone-rejects-valid": 1}
+    assert d["compared"] == host["compared"] + crafted["compared"]
+    assert d["unexplained"] == 0 and d["mismatches"] == 3
+
+
+def test_cli_human_output(tmp_path):
+    out = _cli("host", _crafted(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "decodecheck host (the running kernel's vDSO)" in out.stdout
+    assert "instructions compared" in out.stdout
+    for cls in ("capstone-66-rex-w-ret-imm", "capstone-66-near-branch-intel-vs-amd",
+                "capstone-rejects-valid"):
+        assert cls in out.stdout, out.stdout
+    assert out.stdout.rstrip().splitlines()[-1].startswith("total: ")
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["/nonexistent.so"], "No such file"),
+    (["--examples", "-1", "host"], "--examples -1"),
+])
+def test_cli_bad_input(args, msg):
+    p = _cli(*args)
+    assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_cli_not_elf(tmp_path):
+    p = tmp_path / "x.txt"
+    p.write_text("hello\n")
+    out = _cli(str(p))
+    assert out.returncode == 2 and "not an ELF file" in out.stderr

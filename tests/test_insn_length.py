@@ -315,3 +315,150 @@ def test_unicorn_lock_bt_reg_is_refused_not_aborted():
                          timeout=60, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[None, None, None, None, None, 4]"
+
+
+# --------------------------------------------------------------------------
+# decode.unfaithful_reason: lock prefixes and the unicorn-only encodings
+# --------------------------------------------------------------------------
+# Measured here: capstone and objdump reject these (capstone decodes the
+# fence ones under other names), Unicorn 2.1.4 runs them, and this host's
+# CPU (AMD EPYC) raised SIGILL for every one when run natively in a forked
+# child.  The tests re-measure Unicorn's and capstone's side.
+
+from emulator.decode import Insn, first_unfaithful, reachable_insns, unfaithful_reason  # noqa: E402
+
+UNICORN_ONLY = [
+    ("0f38f0c0", "movbe with a register operand"),
+    ("660f38f1c8", "movbe with a register operand"),
+    ("0f5000", "movmskps/movmskpd with a memory operand"),
+    ("660f5000", "movmskps/movmskpd with a memory operand"),
+    ("0f711000", "immediate shift (group 12)"),
+    ("0f722000", "immediate shift (group 13)"),
+    ("660f733800", "immediate shift (group 14)"),
+    ("660f12c0", "movlpd with a register operand"),
+    ("660f16c8", "movhpd with a register operand"),
+    ("660f78000000", "extrq/insertq"),
+    ("f20f7800000000", "extrq/insertq"),
+    ("660f7900", "extrq/insertq"),
+    ("f20f7900", "extrq/insertq"),
+    ("660fc300", "movnti with a 66/f2/f3 prefix"),
+    ("f30fc300", "movnti with a 66/f2/f3 prefix"),
+    ("f20fd600", "movdq2q/movq2dq with a memory operand"),
+    ("f30fd600", "movdq2q/movq2dq with a memory operand"),
+    ("660faee8", "lfence/mfence/sfence with a 66/f2/f3 prefix"),
+    ("f20faef8", "lfence/mfence/sfence with a 66/f2/f3 prefix"),
+    ("8f08", "XOP"),          # 8f with ModRM.mmmmm >= 8: XOP, which this CPU lacks
+    ("8f20", "8f /4"),        # 8f /4 with mmmmm < 8: not XOP, #UD; Unicorn pops
+    ("668fe0", "8f /4"),
+]
+
+
+@pytest.mark.parametrize("hexcode,why", UNICORN_ONLY)
+def test_unicorn_only_encodings_are_refused(hexcode, why):
+    code = bytes.fromhex(hexcode)
+    assert unicorn_length(code + PAD) is not None, "Unicorn runs it"
+    if not hexcode.endswith(("faee8", "faef8")):
+        assert capstone_length(code + PAD) is None or hexcode.startswith("8f")
+    reason = unfaithful_reason(code + PAD)           # undecodable: raw bytes only
+    assert reason and why in reason, reason
+    assert "#UD on the CPU" in reason or why == "XOP"
+
+
+@pytest.mark.parametrize("hexcode", [
+    "0f38f007",        # movbe with memory: valid
+    "f20f38f0c0",      # crc32 (f2 0f 38 f0 /r with a register): valid
+    "0f50c0",          # movmskps with a register
+    "660f71d003",      # psrlw xmm, imm
+    "660f1200",        # movlpd xmm, m64
+    "0fc300",          # movnti
+    "0faee8", "0faef0", "0faef8",  # fences without a prefix (and the aliases)
+    "f30faec0",        # rdfsbase
+    "8f00",            # pop qword ptr [rax]
+    "f30fd6c0",        # movq2dq xmm, mm
+])
+def test_neighbours_of_the_unicorn_only_encodings_are_accepted(hexcode):
+    code = bytes.fromhex(hexcode)
+    assert unfaithful_reason(code + PAD) is None
+
+
+LOCKABLE = [
+    "f0010f", "f0480107", "f0660107", "f0800705", "f08307ff", "f0813700000000",
+    "f0863f", "f0873f", "f00fab07", "f00fb307", "f00fbb07", "f00fba2f05", "f00fba3705",
+    "f00fba3f05", "f00fb00f", "f00fb10f", "f00fc007", "f0480fc107", "f00fc70f", "f0480fc70f",
+    "f0f617", "f0f71f", "f0fe07", "f0ff0f", "f2f00107", "f3f00107",
+]
+NOT_LOCKABLE = [
+    "f0880000",        # lock mov: capstone rejects, Unicorn runs it as mov
+    "f0020000",        # lock add al, [rax]: register destination (capstone accepts)
+    "f001c0",          # lock add eax, eax
+    "f00f1f00",        # lock nop (capstone accepts)
+    "f00fa300",        # lock bt m, r: bt does not write
+    "f0803805",        # lock cmp
+    "f0f60005",        # lock test
+    "f0ff10",          # lock call
+    "f00fba2005",      # lock bt m, imm
+    "f00fc737",        # lock 0f c7 /6 (memory form of the rdrand group)
+    "f0c60000",        # lock mov m8, imm8
+]
+
+
+@pytest.mark.parametrize("hexcode", LOCKABLE)
+def test_lockable_instructions_are_accepted(hexcode):
+    code = bytes.fromhex(hexcode)
+    assert capstone_length(code + PAD) == len(code), hexcode
+    assert unfaithful_reason(code + PAD) is None
+
+
+@pytest.mark.parametrize("hexcode", NOT_LOCKABLE)
+def test_lock_on_an_instruction_that_cannot_take_it_is_refused(hexcode):
+    code = bytes.fromhex(hexcode)
+    reason = unfaithful_reason(code + PAD)
+    assert reason and "lock prefix" in reason, reason
+    # with capstone's decode, where it has one, the same answer
+    ins = il.capstone_insn(code + PAD)
+    if ins is not None:
+        mnem, _, ops = ins[1].partition(" ")
+        assert unfaithful_reason(code, mnem, ops)
+
+
+def test_lock_bt_register_keeps_its_own_reason():
+    for h in ("f00fabc0", "f0480fb3c8", "f00fbae005"):
+        assert "aborts Unicorn" in unfaithful_reason(bytes.fromhex(h))
+
+
+def test_unfaithful_reason_old_signature_and_vex():
+    assert "VEX" in unfaithful_reason(bytes.fromhex("c5f9efc0"), "vpxor", "xmm0, xmm0, xmm0")
+    assert "EVEX" in unfaithful_reason(bytes.fromhex("62f17c4828c0"), "vmovaps", "zmm0, zmm0")
+    assert unfaithful_reason(bytes.fromhex("488907"), "mov", "qword ptr [rdi], rax") is None
+    assert unfaithful_reason(b"") is None and unfaithful_reason(b"\xf0") is None
+
+
+def test_image_check_sees_undecodable_unfaithful_bytes():
+    # entry: nop; lock mov [rdi], al (capstone rejects it); ret
+    code = bytes.fromhex("90f0880790c3")
+    insns = reachable_insns(code, 0x1000, [0x1000])
+    bad = first_unfaithful(insns)
+    assert isinstance(bad, Insn) and bad.address == 0x1001 and bad.mnemonic == ".byte"
+    # plain undecodable bytes that Unicorn would not run differently end the
+    # path silently, as before
+    assert first_unfaithful(reachable_insns(bytes.fromhex("900f0b"), 0, [0])) is None
+
+
+def test_no_false_refusals_in_this_machines_libc():
+    """Only VEX/EVEX in libc (its AVX2/AVX-512 string functions); none of
+    the lock or unicorn-only rules fires on real compiler output."""
+    import capstone as cs
+    from elftools.elf.elffile import ELFFile
+    path = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    try:
+        f = open(path, "rb")
+    except OSError:
+        pytest.skip(f"{path} not present")
+    with f:
+        text = ELFFile(f).get_section_by_name(".text")
+        data, addr = text.data(), text["sh_addr"]
+    md = cs.Cs(cs.CS_ARCH_X86, cs.CS_MODE_64)
+    for a, size, mnem, ops in md.disasm_lite(data, addr):
+        off = a - addr
+        r = unfaithful_reason(data[off:off + size], mnem, ops)
+        assert r is None or "VEX" in r, (hex(a), mnem, ops, r)

@@ -764,30 +764,12 @@ def _capstone():
 
 
 def unfaithful_reason(insn_bytes: bytes, insn=None) -> str | None:
-    """Why Unicorn 2.1 cannot run this instruction faithfully, or None."""
-    i = 0
-    while i < len(insn_bytes) and insn_bytes[i] in _LEGACY_PREFIXES:
-        i += 1
-    while i < len(insn_bytes) and 0x40 <= insn_bytes[i] <= 0x4F:
-        i += 1
-    op = insn_bytes[i] if i < len(insn_bytes) else None
-    if op in (0xC4, 0xC5):
-        lbyte = i + (1 if op == 0xC5 else 2)
-        wide = lbyte < len(insn_bytes) and insn_bytes[lbyte] & 0x04
-        if wide:
-            return "VEX.256-encoded (AVX) instruction; Unicorn 2.1 cannot run it"
-        return ("VEX.128-encoded (AVX) instruction; Unicorn 2.1 runs it as legacy SSE "
-                "and computes wrong results")
-    if op == 0x62:
-        return "EVEX-encoded (AVX-512) instruction; Unicorn 2.1 cannot run it"
-    if op == 0x8F and i + 1 < len(insn_bytes) and (insn_bytes[i + 1] & 0x1F) >= 8:
-        return "XOP-encoded instruction; Unicorn 2.1 cannot run it"
-    if insn is not None and 0xF0 in insn.prefix:
-        from capstone import x86
-        if insn.id in (x86.X86_INS_BT, x86.X86_INS_BTS, x86.X86_INS_BTR, x86.X86_INS_BTC) \
-                and any(o.type == x86.X86_OP_REG for o in insn.operands):
-            return "lock bt/bts/btr/btc with a register operand aborts Unicorn 2.1.4"
-    return None
+    """Why Unicorn 2.1 cannot run this instruction faithfully, or None: the one
+    rule set of emulator.decode (images, run-time blocks and user blobs alike)."""
+    from emulator.decode import unfaithful_reason as reason
+    if insn is None:
+        return reason(insn_bytes)
+    return reason(insn_bytes, insn.mnemonic, insn.op_str)
 
 
 def _decode_range(code: bytes, base: int, start: int, end: int, where: str,
@@ -802,9 +784,9 @@ def _decode_range(code: bytes, base: int, start: int, end: int, where: str,
         source_lines[off] = where
         off += insn.size
     if off != end:
-        raise UnfaithfulInstruction(
-            f"{where}: bytes {code[off:min(end, off + 15)].hex(' ')} at {base + off:#x} "
-            f"do not decode as an x86-64 instruction")
+        raw = code[off:min(end, off + 15)]
+        why = unfaithful_reason(raw) or "they do not decode as an x86-64 instruction"
+        raise UnfaithfulInstruction(f"{where}: bytes {raw.hex(' ')} at {base + off:#x}: {why}")
 
 
 # --------------------------------------------------------------------------
