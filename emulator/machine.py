@@ -65,30 +65,29 @@ XMM_IDS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
 
 
 @lru_cache(maxsize=64)
-def _linear_sweep(text: bytes) -> tuple[tuple[int, str, str], ...]:
-    """(offset, mnemonic, operands) of every instruction of a linear sweep that
-    steps over undecodable bytes."""
-    from emulator.decode import disassembler
-    out, off = [], 0
-    while off < len(text):
-        end = off
-        for addr, size, mnemonic, ops in disassembler().disasm_lite(text[off:], off):
-            out.append((addr, mnemonic, ops))
-            end = addr + size
-        off = max(end, off + 1)
-    return tuple(out)
+def _code_insns(text: bytes, entries: tuple[int, ...]) -> tuple[tuple[int, str, str], ...]:
+    """(offset, mnemonic, operands) of the instructions reachable from the
+    image's symbols (recursive descent: an ELF vDSO's headers and data are not
+    code, and a linear sweep over them finds fxsave or rcl where there is none)."""
+    from emulator.decode import reachable_insns
+    insns = reachable_insns(text, 0, list(entries))
+    return tuple((a, i.mnemonic, i.op_str) for a, i in sorted(insns.items()))
 
 
-def _tail_window(text: bytes) -> int:
-    if any(m in MULTI_PIECE_STORES for _, m, _ in _linear_sweep(text)):
+def _image_code(image) -> tuple[tuple[int, str, str], ...]:
+    return _code_insns(bytes(image.text), tuple(sorted(set(image.symbols.values()))))
+
+
+def _tail_window(image) -> int:
+    if any(m in MULTI_PIECE_STORES for _, m, _ in _image_code(image)):
         return TAIL_MULTI_PIECE
     return TAIL
 
 
-def _flag_clobbering_stores(text: bytes) -> list[int]:
+def _flag_clobbering_stores(image) -> list[int]:
     """rcl/rcr with a memory destination: Unicorn 2.1.4 updates CF/OF before the
     store faults, so their RFLAGS are saved before they run (measured by skipcheck)."""
-    return [off for off, m, ops in _linear_sweep(text) if m in ("rcl", "rcr") and "ptr" in ops.split(",")[0]]
+    return [off for off, m, ops in _image_code(image) if m in ("rcl", "rcr") and "ptr" in ops.split(",")[0]]
 
 
 @dataclass
@@ -166,8 +165,8 @@ class Machine:
         self._fault_cpu = None              # CPU context at the first invalid access of a run
         self._readahead_exit: int | None = None
         self._saved_flags: dict[int, int] = {}   # rip -> RFLAGS before an rcl/rcr on memory
-        self.tail = _tail_window(bytes(kernel.image.text))
-        for off in _flag_clobbering_stores(bytes(kernel.image.text)):
+        self.tail = _tail_window(kernel.image)
+        for off in _flag_clobbering_stores(kernel.image):
             # Only these few instructions get a code hook: not the default path.
             self.uc.hook_add(UC_HOOK_CODE, self._save_flags, None, kernel.image.base + off,
                              kernel.image.base + off)
