@@ -60,6 +60,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flags", type=_int, default=0, help="getrandom flags passed to the vDSO")
     p.add_argument("--livelock", type=_int, default=None, metavar="N",
                    help="refaults without progress before a livelock is reported")
+    p.add_argument("--state-offset", type=_int, default=None, metavar="OFF",
+                   help="place the state at offset OFF of its own 2-page droppable mapping "
+                        "(e.g. 3952: end of a page; 4024: straddling two pages)")
+    p.add_argument("--prefault", action="store_true", help="make the output buffer resident before the first call")
     p.add_argument("--profile", default="zen4",
                    help="cycle profile: zen4 (shipped), calibrated (from faultpath calibrate), or a .toml path")
 
@@ -78,7 +82,8 @@ def build_run_config(args: argparse.Namespace):
         raise UsageError(f"--livelock {livelock}: out of range")
     cfg = RunConfig(image=image, sizes=sizes, calls=calls, seed=args.seed, memory_pages=args.memory,
                     swap_pages=args.swap, droppable_oom=args.droppable_oom, injections=list(args.inject),
-                    scenario=scenario, flags=args.flags, livelock_limit=livelock, profile=args.profile)
+                    scenario=scenario, flags=args.flags, livelock_limit=livelock, profile=args.profile,
+                    state_offset=args.state_offset, prefault=args.prefault)
     cfg.validate()
     return cfg
 

@@ -12,7 +12,8 @@ from emulator.machine import DEFAULT_BUDGET, DEFAULT_LIVELOCK, Injection, Machin
 from emulator.records import CallResult
 from emulator.scenarios import Scenario, plan
 from vdso.abi import STATE_IN_USE, STATE_SIZE
-from vdso.image import VdsoImage
+from mm import flags as F
+from vdso.image import PAGE_SIZE, VdsoImage
 from vdso.libc import VgetrandomCaller
 
 MAX_PAGES = 1 << 22          # 16 GiB of emulated RAM is more than any scenario needs
@@ -34,6 +35,8 @@ class RunConfig:
     livelock_limit: int = DEFAULT_LIVELOCK
     budget: int = DEFAULT_BUDGET
     profile: str = "zen4"
+    state_offset: int | None = None   # put the state at this offset of its own 2-page droppable mapping
+    prefault: bool = False            # make the output buffer resident before the first call
 
     def validate(self) -> None:
         if not self.sizes:
@@ -53,6 +56,8 @@ class RunConfig:
             raise UsageError(f"--flags {self.flags}: out of range")
         for spec in self.injections:
             split_call_injection(spec)
+        if self.state_offset is not None and not 0 <= self.state_offset < 4096:
+            raise UsageError(f"--state-offset {self.state_offset}: out of range (0..4095)")
 
 
 def split_call_injection(spec: str) -> tuple[int | None, Injection]:
@@ -75,6 +80,16 @@ def new_process(cfg: RunConfig) -> tuple[Kernel, Machine, VgetrandomCaller]:
                     profile=load_profile(cfg.profile))
     m = Machine(kernel, droppable_oom=cfg.droppable_oom, livelock_limit=cfg.livelock_limit)
     caller = VgetrandomCaller(m, buffer_size=max(cfg.sizes))
+    if cfg.state_offset is not None:
+        # A state placed by hand (end of a page, or straddling two: the vDSO must
+        # answer -EFAULT for that one), in a droppable mapping of its own.
+        base = m.mm.mmap(0, 2 * PAGE_SIZE, F.PROT_READ | F.PROT_WRITE, F.MAP_DROPPABLE | F.MAP_ANONYMOUS, -1, 0)
+        if base < 0:
+            raise UsageError(f"--state-offset: mmap failed with errno {-base}")
+        m.sync_range(base, 2 * PAGE_SIZE)
+        caller.states.insert(0, base + cfg.state_offset)
+    if cfg.prefault:
+        m.user_write(caller.buffer, bytes(caller.buffer_size))
     return kernel, m, caller
 
 

@@ -95,3 +95,17 @@ def test_kernel_copy_spin_scenario_human():
     r = fp("run", "--image", "host", "--scenario", "kernel-copy-spin")
     assert r.returncode == 0, r.stderr
     assert "outcome=livelock" in r.stdout and "copy_to_user" in r.stdout
+
+
+@pytest.mark.host_vdso
+def test_state_offset_places_the_state_and_straddling_gives_efault():
+    r = fp("run", "--image", "host", "--size", "64", "--calls", "2", "--state-offset", "4024", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert int(doc["config"]["state"], 16) % 4096 == 4024
+    assert [c["ret"] for c in doc["calls"]] == [-14, -14]
+    r = fp("run", "--image", "host", "--size", "64", "--state-offset", "3952", "--prefault", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["calls"][0]["ret"] == 64
+    assert not [f for f in doc["calls"][0]["faults"] if f["address"] == doc["config"]["buffer"]]
+    assert_bad(fp("run", "--image", "host", "--state-offset", "4096"), "--state-offset")
