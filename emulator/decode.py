@@ -224,9 +224,13 @@ def reachable_insns(code: bytes, base: int, entries: list[int], limit: int = 1 <
     return seen
 
 
+def insn_unfaithful_reason(ins: Insn) -> str | None:
+    """unfaithful_reason for a decoded Insn (".byte" stands for bytes capstone rejected)."""
+    return unfaithful_reason(ins.raw, None if ins.mnemonic == ".byte" else ins.mnemonic, ins.op_str)
+
+
 def first_unfaithful(insns: dict[int, Insn]) -> Insn | None:
     for a in sorted(insns):
-        ins = insns[a]
-        if unfaithful_reason(ins.raw, None if ins.mnemonic == ".byte" else ins.mnemonic, ins.op_str):
-            return ins
+        if insn_unfaithful_reason(insns[a]):
+            return insns[a]
     return None

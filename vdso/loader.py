@@ -31,15 +31,12 @@ def load_image(spec: str) -> VdsoImage:
 def check_faithful(img: VdsoImage, entry: str = "__vdso_getrandom") -> None:
     """Refuse, before anything runs, code Unicorn would run unlike the CPU
     (AVX/EVEX, lock bt* reg): every instruction reachable from the entry."""
-    from emulator.decode import reachable_insns, unfaithful_reason
+    from emulator.decode import first_unfaithful, insn_unfaithful_reason, reachable_insns
     from emulator.errors import UnfaithfulInstruction
-    insns = reachable_insns(img.text, img.base, [img.symbol(entry)])
-    for a in sorted(insns):
-        ins = insns[a]
-        why = unfaithful_reason(ins.raw, ins.mnemonic, ins.op_str)
-        if why:
-            where = img.source_lines.get(a - img.base) or f"{img.name}+{a - img.base:#x}"
-            raise UnfaithfulInstruction(f"{where}: {why}; Unicorn 2.1.4 cannot run it faithfully")
+    ins = first_unfaithful(reachable_insns(img.text, img.base, [img.symbol(entry)]))
+    if ins is not None:
+        where = img.source_lines.get(ins.address - img.base) or f"{img.name}+{ins.address - img.base:#x}"
+        raise UnfaithfulInstruction(f"{where}: {insn_unfaithful_reason(ins)}; Unicorn 2.1.4 cannot run it faithfully")
 
 
 def _load(spec: str) -> VdsoImage:
