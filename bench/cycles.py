@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from emulator.cmd_bench import cmd_bench
+    from emulator.cli.bench import cmd_bench
     from emulator.errors import FaultpathError
     ap = argparse.ArgumentParser(prog="bench/cycles.py")
     ap.add_argument("--quick", action="store_true")

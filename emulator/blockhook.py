@@ -5,7 +5,7 @@ getrandom); this one is six instructions assembled with keystone into an
 executable mmap and registered through the binding's own uc_hook_add, so the
 hot path never enters Python.  Measured on the host vDSO's 4096-byte call: no
 measurable slowdown against no hook at all.  Python drains the buffer at each
-stop and sums cached per-block costs (emulator/blocks.py).
+stop and sums cached per-block costs (emulator/cycles/blocks.py).
 
 Entry format: address | size << 48 (user-space addresses fit in 48 bits).
 Runs are count-bounded by the caller to at most `capacity` instructions, and

@@ -1,35 +1,11 @@
-"""The one error hierarchy of faultpath.
+"""faultpath's errors, as the CPU side sees them.
 
-Every error a user can provoke (bad image, bad assembly, bad option, an
-instruction Unicorn cannot run faithfully) is a FaultpathError.  The CLI turns
-it into a single line on stderr and exit status 2; anything else is a bug and
-keeps its traceback.
+The hierarchy is rooted in vdso/errors.py (the lowest package that raises
+user-facing errors); this module re-exports it and adds the classes only the
+emulator raises, so that emulator code imports every error from one place.
 """
-
-
-class FaultpathError(Exception):
-    """Base class: a user-facing problem, reported as one line."""
-
-
-class UsageError(FaultpathError):
-    """A bad option or argument (size, flag, inject kind, ...)."""
-
-
-class ImageError(FaultpathError):
-    """A vDSO image cannot be loaded: not ELF, truncated, missing symbol."""
-
-
-class AssemblyError(FaultpathError):
-    """Keystone could not assemble a source; the message carries file:line."""
-
-
-class UnfaithfulInstruction(FaultpathError):
-    """Code contains an instruction Unicorn 2.1.x does not run faithfully
-    (VEX/EVEX-encoded AVX, lock bt* reg); refused before it runs."""
-
-
-class HostVdsoUnavailable(ImageError):
-    """The running kernel's vDSO has no __vdso_getrandom (before 6.11)."""
+from vdso.errors import (AssemblyError, FaultpathError, HostVdsoUnavailable, ImageError,  # noqa: F401
+                         UnfaithfulInstruction, UsageError)
 
 
 class EmulationError(FaultpathError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emulator.decode import MAX_INSN_LEN, decode_one
+from vdso.insn import MAX_INSN_LEN, decode_one
 from emulator.insn_fetch import insn_fetch_from_user, skip_length
 from emulator.records import X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE, FaultRecord, append_fault
 from mm import flags as F

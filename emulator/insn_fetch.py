@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from emulator.decode import MAX_INSN_LEN
+from vdso.insn import MAX_INSN_LEN
 
 if TYPE_CHECKING:
     from emulator.machine import Machine
@@ -30,6 +30,6 @@ def skip_length(raw: bytes) -> int | None:
         corrected = None
     if corrected is not None:
         return corrected(raw)
-    from emulator.decode import decode_one
+    from vdso.insn import decode_one
     ins = decode_one(raw)
     return ins.size if ins else None

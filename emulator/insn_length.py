@@ -615,7 +615,7 @@ def skip_length(code: bytes) -> int | None:
     ("f0 88 00", lock mov) is #UD on the CPU and capstone rejects it, but
     Unicorn 2.1.4 ignores the lock and runs the instruction, so such a store
     can fault in the emulator and then retry forever; such code is refused
-    before it runs (`emulator.decode.unfaithful_reason`, which also refuses
+    before it runs (`vdso.insn.unfaithful_reason`, which also refuses
     the "unicorn-only" encodings; "invalid-lock-prefix" in `classify`).
     """
     code = bytes(code[:MAX_INSN_LEN])

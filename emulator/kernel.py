@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 import struct
 
-from emulator.cost import Profile, load_profile
+from emulator.cycles.profile import Profile, load_profile
 from mm.physmem import PhysMem
 from vdso.abi import RNG_GENERATION, RNG_IS_READY
 from vdso.image import PAGE_SIZE, VdsoImage

@@ -26,7 +26,7 @@ from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_PROT, 
 from unicorn import x86_const as X
 
 from emulator.blockhook import BlockRecorder
-from emulator.blocks import BlockCache
+from emulator.cycles.blocks import BlockCache
 from emulator.errors import EmulationError, UnfaithfulInstruction
 from emulator.kernel import SENTINEL_PAGE, Kernel
 from emulator.records import CallResult
@@ -69,7 +69,7 @@ def _code_insns(text: bytes, entries: tuple[int, ...]) -> tuple[tuple[int, str, 
     """(offset, mnemonic, operands) of the instructions reachable from the
     image's symbols (recursive descent: an ELF vDSO's headers and data are not
     code, and a linear sweep over them finds fxsave or rcl where there is none)."""
-    from emulator.decode import reachable_insns
+    from vdso.insn import reachable_insns
     insns = reachable_insns(text, 0, list(entries))
     return tuple((a, i.mnemonic, i.op_str) for a, i in sorted(insns.items()))
 
@@ -536,7 +536,7 @@ class Machine:
 
     def _cpu_exception(self, ctx: CallContext, err: UcError, rip: int) -> None:
         code = self.read(rip, 15)
-        from emulator.decode import decode_one
+        from vdso.insn import decode_one
         ins = decode_one(code, rip)
         text = ins.text if ins else code[:4].hex()
         self.trace.emit(TraceEvent(ctx.index, rip, "signal", {"signal": "SIGILL", "insn": text, "unicorn": str(err)}))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from emulator.cost import load_profile
+from emulator.cycles.profile import load_profile
 from emulator.errors import UsageError
 from emulator.inject import parse_injection
 from emulator.kernel import Kernel
@@ -14,7 +14,7 @@ from emulator.scenarios import Scenario, plan
 from vdso.abi import STATE_IN_USE, STATE_SIZE
 from mm import flags as F
 from vdso.image import PAGE_SIZE, VdsoImage
-from vdso.libc import VgetrandomCaller
+from emulator.libc import VgetrandomCaller
 
 MAX_PAGES = 1 << 22          # 16 GiB of emulated RAM is more than any scenario needs
 MAX_CALLS = 1_000_000

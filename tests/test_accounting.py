@@ -8,7 +8,7 @@ from unicorn import UC_HOOK_CODE
 
 from emulator.kernel import Kernel
 from emulator.machine import Injection, Machine
-from vdso.libc import VgetrandomCaller
+from emulator.libc import VgetrandomCaller
 
 pytestmark = pytest.mark.host_vdso
 

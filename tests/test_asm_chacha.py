@@ -1,4 +1,4 @@
-"""asm/chacha20_blocks.s: natively on this CPU (emulator/native.py) and in
+"""asm/chacha20_blocks.s: natively on this CPU (emulator/calibrate/native.py) and in
 Unicorn, against each other and the Python reference (vdso/chacha20.py).
 Re-derives the kernel's vdso_test_chacha: random keys, 128-block runs split
 in two calls at every point, a counter crossing 2**32 that must carry into the
@@ -17,7 +17,7 @@ from unicorn.x86_const import (UC_X86_REG_RCX, UC_X86_REG_RDI, UC_X86_REG_RDX,
                                UC_X86_REG_RIP, UC_X86_REG_RSI, UC_X86_REG_RSP)
 import unicorn.x86_const as x86c
 
-from emulator.native import NativeCode
+from emulator.calibrate.native import NativeCode
 from vdso.asm_build import build_image
 from vdso.chacha20 import chacha20_blocks
 from vdso.image import PAGE_SIZE, VDSO_BASE

@@ -21,12 +21,12 @@ pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
 
 @pytest.fixture(scope="module")
 def measured():
-    from emulator.calibrate import measure_all
+    from emulator.calibrate.measure import measure_all
     return measure_all(quick=True)
 
 
 def test_native_measurements_are_sane(measured):
-    from emulator.calibrate import VDSO_SIZES, check_measurements
+    from emulator.calibrate.measure import VDSO_SIZES, check_measurements
     assert check_measurements(measured) == []
     v = measured["vdso"]
     assert measured["vdso_image"] in ("host", "builtin")
@@ -46,8 +46,8 @@ def test_native_measurements_are_sane(measured):
 
 
 def test_the_fitted_profile_is_written_atomically_and_loads(measured, tmp_path):
-    from emulator.calibrate import dump_toml, fit_profile, write_atomic
-    from emulator.cost import load_profile
+    from emulator.calibrate.measure import dump_toml, fit_profile, write_atomic
+    from emulator.cycles.profile import load_profile
     sec, com = fit_profile(measured, name="t")
     out = tmp_path / "cal.toml"
     write_atomic(str(out), dump_toml(sec, "test", com))
@@ -65,13 +65,13 @@ def test_the_fitted_profile_is_written_atomically_and_loads(measured, tmp_path):
 
 
 def test_calibrate_refuses_nonsense_measurements():
-    from emulator.calibrate import check_measurements
+    from emulator.calibrate.measure import check_measurements
     bad = {"vdso": {1: 20.0, 4: 5.0}, "tsc_per_core_cycle": 0.7}
     assert any("monotonic" in p for p in check_measurements(bad))
 
 
 def test_the_builtin_image_runs_natively_or_says_why():
-    from emulator.calibrate import Harness, Mapping, builtin_native_vdso
+    from emulator.calibrate.measure import Harness, Mapping, builtin_native_vdso
     try:
         v = builtin_native_vdso()
     except FaultpathError as e:
@@ -90,7 +90,7 @@ def test_the_builtin_image_runs_natively_or_says_why():
 
 
 def _fp(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "emulator.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "emulator.cli.main", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -99,7 +99,7 @@ def test_calibrate_cli_writes_a_profile(tmp_path):
     r = _fp("calibrate", "--quick", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and out.exists()
-    from emulator.cost import load_profile
+    from emulator.cycles.profile import load_profile
     assert load_profile(str(out)).tsc_per_core_cycle > 0
 
 

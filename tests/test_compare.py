@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from emulator.compare_scenarios import Options, run_scenario
-from emulator.designs import DESIGNS
+from emulator.compare.scenarios import Options, run_scenario
+from emulator.compare.designs import DESIGNS
 from vdso.asm_build import build_image
 
 DROPPABLE = ("droppable-skip", "droppable-retry")
@@ -91,7 +91,7 @@ def test_same_seed_same_numbers():
 def test_snapshots_taken_to_step_a_call_add_no_fault(design):
     """The boundary scenarios snapshot and restore; the faults of the calls they
     step must be those of the same calls run without any snapshot."""
-    from emulator.compare_world import World
+    from emulator.compare.world import World
     w = World(DESIGNS[design], _image(), seed=3)
     plain = [w.call(w.parent, 0, n).faults for n in (16, 128, 300)]
     m = metrics("coredump", design, boundaries=7)
@@ -208,8 +208,8 @@ def test_steady_state_costs_the_same_vdso_work_for_every_design():
 
 # ---------------------------------------------------------------------- report and CLI
 def test_summary_matrix_and_report_come_from_the_runs(tmp_path):
-    from emulator.compare import run_compare
-    from emulator.compare_report import format_report, render_svg
+    from emulator.compare.core import run_compare
+    from emulator.compare.report import format_report, render_svg
     opts = Options(seed=1, boundaries=4, scale=0.1, memlock_threads=500, memlock_rounds=1,
                    oom_modes=("persistent", "oom:2"))
     rep = run_compare(_image(), [DESIGNS[d] for d in ALL],
@@ -229,7 +229,7 @@ def test_summary_matrix_and_report_come_from_the_runs(tmp_path):
 
 
 def test_cli_compare_json_and_plot(tmp_path, capsys):
-    from emulator.cli import main
+    from emulator.cli.main import main
     out = tmp_path / "r.json"
     svg = tmp_path / "r.svg"
     rc = main(["compare", "--designs", "droppable-retry,plain-anon", "--scenarios", "coredump,steady",
@@ -257,7 +257,7 @@ def test_cli_compare_json_and_plot(tmp_path, capsys):
     (["compare", "--json", "/nonexistent/dir/x.json"], "does not exist"),
 ])
 def test_cli_compare_bad_input_is_one_line_exit_2(argv, msg, capsys):
-    from emulator.cli import main
+    from emulator.cli.main import main
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and msg in err

@@ -1,13 +1,13 @@
-"""The cycle model: the per-block scoreboard (emulator/scoreboard.py over the
-instruction forms of emulator/uarch.py), the block cache, profiles as data,
+"""The cycle model: the per-block scoreboard (emulator/cycles/scoreboard.py over the
+instruction forms of emulator/cycles/uarch.py), the block cache, profiles as data,
 and event costs charged once per fault stage.  Numeric accuracy against the
 real CPU is `faultpath bench`'s job, not a unit test's."""
 from __future__ import annotations
 
 import pytest
 
-from emulator.blocks import analyse_code
-from emulator.cost import load_profile
+from emulator.cycles.blocks import analyse_code
+from emulator.cycles.profile import load_profile
 from emulator.errors import UsageError
 from vdso.asm_build import assemble_snippet
 
@@ -178,7 +178,7 @@ def test_the_block_cache_is_used():
 
 
 def test_fault_events_are_charged_once_per_stage():
-    from emulator.uarch_predict import _machine, _mmap, _snippet_image
+    from emulator.calibrate.predict import _machine, _mmap, _snippet_image
     m = _machine(_snippet_image(), P)
     wr = m.kernel.image.symbol("touch_write")
     a = _mmap(m, 2 * 4096)

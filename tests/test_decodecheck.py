@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from emulator.decodecheck import Report, decodecheck, format_report
+from emulator.skipcheck.decodecheck import Report, decodecheck, format_report
 from emulator.errors import ImageError
 from emulator.insn_length import have_objdump
 
@@ -259,7 +259,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "emulator.cli", "decodecheck", *args],
+    return subprocess.run([sys.executable, "-m", "emulator.cli.main", "decodecheck", *args],
                           capture_output=True, text=True, cwd=_ROOT, timeout=300)
 
 

@@ -36,7 +36,7 @@ class Server:
     """`faultpath gdb ... --port 0` as a subprocess; .port from its banner."""
 
     def __init__(self, *args: str, once: bool = True):
-        cmd = [sys.executable, "-m", "emulator.cli", "gdb", *args, "--port", "0"] + (["--once"] if once else [])
+        cmd = [sys.executable, "-m", "emulator.cli.main", "gdb", *args, "--port", "0"] + (["--once"] if once else [])
         self.p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.err: list[str] = []
         self._pending = b""
@@ -152,7 +152,7 @@ class Rsp:
 def reference(image: str, *extra: str):
     """The expected values, from the same engine without gdb."""
     from emulator.run import RunConfig
-    from emulator.stepper import Session
+    from emulator.debug.stepper import Session
     from vdso.loader import load_image
     s = Session(RunConfig(image=load_image(image), sizes=[256], calls=2, injections=["drop@0", *extra]))
     out = {"entry": s.ctx.rip}
@@ -258,7 +258,7 @@ def test_gdb_stepi_carries_out_a_skip():
     """At the write fault, `monitor inject oom:1` then stepi: the skip's new rip
     is what gdb sees."""
     from emulator.run import RunConfig
-    from emulator.stepper import Session
+    from emulator.debug.stepper import Session
     from vdso.loader import load_image
     s = Session(RunConfig(image=load_image("builtin"), calls=2, injections=["drop@0"]))
     s.resume("cont")
@@ -285,7 +285,7 @@ def test_gdb_output_matches_faultpath_run():
     """The bytes the call returns under gdb are what `faultpath run` returns
     with the same injection."""
     import json
-    r = subprocess.run([sys.executable, "-m", "emulator.cli", "run", "--image", "builtin", "--size", "256",
+    r = subprocess.run([sys.executable, "-m", "emulator.cli.main", "run", "--image", "builtin", "--size", "256",
                         "--calls", "2", "--inject", "drop@2:0", "--json"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     if r.returncode != 0:
@@ -329,7 +329,7 @@ def test_rsp_basics_and_monitor():
             assert needle in xml
         assert c.cmd("?").startswith("T05")
         g = c.cmd("g")
-        from emulator.gdbstub import G_SIZE, REGNUM
+        from emulator.debug.gdbstub import G_SIZE, REGNUM
         assert len(g) == 2 * G_SIZE
         assert c.cmd("G" + g) == "OK" and c.cmd("g") == g      # writing it all back changes nothing
         assert c.cmd(f"P{REGNUM['rbx']:x}=" + (0x1234).to_bytes(8, "little").hex()) == "OK"
@@ -433,7 +433,7 @@ def test_port_in_use_is_one_clear_line():
     s.listen(1)
     port = s.getsockname()[1]
     try:
-        r = subprocess.run([sys.executable, "-m", "emulator.cli", "gdb", "--image", "builtin", "--port",
+        r = subprocess.run([sys.executable, "-m", "emulator.cli.main", "gdb", "--image", "builtin", "--port",
                             str(port), "--once"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     finally:
         s.close()
@@ -444,7 +444,7 @@ def test_port_in_use_is_one_clear_line():
 
 def test_bad_gdb_options_exit_2():
     for args in (["--port", "70000"], ["--port", "x"], ["--memory", "1"]):
-        r = subprocess.run([sys.executable, "-m", "emulator.cli", "gdb", "--image", "builtin", *args, "--once"],
+        r = subprocess.run([sys.executable, "-m", "emulator.cli.main", "gdb", "--image", "builtin", *args, "--once"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (args, r.stderr)
         assert len([l for l in r.stderr.splitlines() if l.strip()]) == 1, r.stderr

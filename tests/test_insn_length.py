@@ -325,7 +325,7 @@ def test_unicorn_lock_bt_reg_is_refused_not_aborted():
 # CPU (AMD EPYC) raised SIGILL for every one when run natively in a forked
 # child.  The tests re-measure Unicorn's and capstone's side.
 
-from emulator.decode import Insn, first_unfaithful, reachable_insns, unfaithful_reason  # noqa: E402
+from vdso.insn import Insn, first_unfaithful, reachable_insns, unfaithful_reason  # noqa: E402
 
 UNICORN_ONLY = [
     ("0f38f0c0", "movbe with a register operand"),

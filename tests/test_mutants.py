@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from emulator.cli import main as cli_main
-from emulator.cmd_sweep import mutant_files, mutant_header
-from emulator.oracle import INVARIANTS
-from emulator.sweep import EVENTS_ALL, make_configs, sweep
+from emulator.cli.main import main as cli_main
+from emulator.cli.sweep import mutant_files, mutant_header
+from emulator.sweep.oracle import INVARIANTS
+from emulator.sweep.runner import EVENTS_ALL, make_configs, sweep
 from vdso.asm_build import build_image
 from vdso.loader import load_image
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from emulator.oracle import (EFAULT, CallObs, Judge, StreamCache, _nonzero_runs, common_prefix,
+from emulator.sweep.oracle import (EFAULT, CallObs, Judge, StreamCache, _nonzero_runs, common_prefix,
                              keystream_blocks, memory_diff)
 from emulator.records import SyscallRecord
 from vdso.abi import STATE_KEY, STATE_SIZE

@@ -1,6 +1,6 @@
-"""The pytest plugin (emulator/pytest_plugin.py): users' own skip regression
+"""The pytest plugin (emulator/skipcheck/pytest_plugin.py): users' own skip regression
 tests in a few lines.  The example tests below are the README's; they run in
-a child pytest, once with `-p emulator.pytest_plugin` and once loaded the
+a child pytest, once with `-p emulator.skipcheck.pytest_plugin` and once loaded the
 way an installed faultpath loads it, through a `pytest11` entry point."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from emulator.errors import UsageError
-from emulator.skipcheck import oom_machine, run_instruction
+from emulator.skipcheck.runner import oom_machine, run_instruction
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,20 +63,20 @@ def _child_pytest(tmp_path, args, env_extra):
 
 
 def test_readme_example_with_dash_p(tmp_path):
-    p = _child_pytest(tmp_path, ["-p", "emulator.pytest_plugin"],
+    p = _child_pytest(tmp_path, ["-p", "emulator.skipcheck.pytest_plugin"],
                       {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "9 passed" in p.stdout, p.stdout
 
 
 def test_readme_example_through_a_pytest11_entry_point(tmp_path):
-    """What `[project.entry-points.pytest11] faultpath = "emulator.pytest_plugin"`
+    """What `[project.entry-points.pytest11] faultpath = "emulator.skipcheck.pytest_plugin"`
     in pyproject.toml gives an installed faultpath."""
     site = tmp_path / "site"
     dist = site / "faultpath_plugin_probe-0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: faultpath-plugin-probe\nVersion: 0\n")
-    (dist / "entry_points.txt").write_text("[pytest11]\nfaultpath = emulator.pytest_plugin\n")
+    (dist / "entry_points.txt").write_text("[pytest11]\nfaultpath = emulator.skipcheck.pytest_plugin\n")
     env = {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
     env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
     p = _child_pytest(tmp_path, [], {**env, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": ""})
@@ -90,7 +90,7 @@ def test_a_failing_user_test_shows_the_outcome(tmp_path):
                     "    out = skip_outcome('mov qword ptr [rdi], rax')\n"
                     "    assert out.skip_len == 4, str(out)\n")
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-                        "emulator.pytest_plugin", str(test)], capture_output=True, text=True, cwd=tmp_path,
+                        "emulator.skipcheck.pytest_plugin", str(test)], capture_output=True, text=True, cwd=tmp_path,
                        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTHONPATH": str(ROOT)},
                        timeout=300)
     assert p.returncode == 1

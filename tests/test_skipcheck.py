@@ -1,4 +1,4 @@
-"""skipcheck: the instruction-skip regression suite (emulator/skipcheck.py).
+"""skipcheck: the instruction-skip regression suite (emulator/skipcheck/runner.py).
 
 The default suite runs every builtin corpus line in every placement under
 both policies, plus (under skip) a deterministic sixteenth of the prefix
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from emulator import skipcheck as S
+from emulator.skipcheck import runner as S
 from emulator.errors import UsageError
 from emulator.insn_length import have_objdump, skip_length
-from emulator.skipcheck_corpus import (CROSS, apply_words, load_corpus, parse_corpus, split_prefixes,
+from emulator.skipcheck.corpus import (CROSS, apply_words, load_corpus, parse_corpus, split_prefixes,
                                        variant_na)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,7 +305,7 @@ def test_missing_corpus_file_is_one_error():
 # --------------------------------------------------------------------------
 
 def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "emulator.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "emulator.cli.main", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
 

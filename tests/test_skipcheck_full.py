@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from emulator import skipcheck as S
+from emulator.skipcheck import runner as S
 from test_skipcheck import KNOWN_MACHINE_ISSUES, unexpected_failures
 
 pytestmark = pytest.mark.slow

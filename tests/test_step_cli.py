@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def step(*args: str, timeout: float = 120, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emulator.cli", "step", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "emulator.cli.main", "step", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -75,7 +75,7 @@ def test_scripted_fault_walk_shows_the_skip(image):
     length, new_rip, cyc = int(h.group(1)), int(h.group(2), 16), int(h.group(3))
     assert sum(int(s[3]) for s in stages) == cyc
     # the decoded length is what capstone says of the image bytes at rip
-    from emulator.decode import decode_one
+    from vdso.insn import decode_one
     ins = decode_one(img.text[rip - img.base:rip - img.base + 15], rip)
     assert ins is not None and ins.size == length
     assert f"; {length} bytes)" in out
@@ -175,7 +175,7 @@ def test_interactive_session_in_tmux(tmp_path):
             time.sleep(0.1)
         raise AssertionError(f"{text!r} never appeared:\n{pane()}")
 
-    cmd = (f"cd {ROOT} && {sys.executable} -m emulator.cli step --image builtin --inject drop@2:0; "
+    cmd = (f"cd {ROOT} && {sys.executable} -m emulator.cli.main step --image builtin --inject drop@2:0; "
            f"echo EXIT=$?; sleep 30")
     tmux("new-session", "-d", "-s", "fp", "-x", "200", "-y", "50", cmd)
     try:

@@ -1,4 +1,4 @@
-"""The stepping engine (emulator.stepper.Session) in-process: breakpoints,
+"""The stepping engine (emulator.debug.stepper.Session) in-process: breakpoints,
 next/until, fault stops and their handling under both droppable-oom
 designs, faultstop off, interrupts, register writes, memory views."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ from vdso.elf_image import host_has_vgetrandom
 
 def session(image="builtin", **kw):
     from emulator.run import RunConfig
-    from emulator.stepper import Session
+    from emulator.debug.stepper import Session
     from vdso.loader import load_image
     try:
         img = load_image(image)
@@ -30,7 +30,7 @@ def images():
 
 def first_call_target(s) -> tuple[int, int]:
     """(address of the first `call` in __vdso_getrandom reached on this path, its target)."""
-    from emulator.decode import reachable_insns
+    from vdso.insn import reachable_insns
     img = s.kernel.image
     insns = reachable_insns(img.text, img.base, [s.func])
     calls = sorted(a for a, i in insns.items() if i.mnemonic == "call")

@@ -15,10 +15,10 @@ import sys
 
 import pytest
 
-from emulator import sweep as sweep_mod
-from emulator.cli import main as cli_main
+from emulator.sweep import runner as sweep_mod
+from emulator.cli.main import main as cli_main
 from emulator.machine import Injection
-from emulator.sweep import (EVENTS_ALL, Harness, SweepConfig, _Snap, make_configs, repro_command, sweep)
+from emulator.sweep.runner import (EVENTS_ALL, Harness, SweepConfig, _Snap, make_configs, repro_command, sweep)
 from vdso.asm_build import ASM_DIR, build_image
 from vdso.loader import load_image
 
@@ -227,7 +227,7 @@ def test_cli_exit_1_and_a_reproduction_that_reproduces(tmp_path, capsys):
     swept = report["calls"][-1]
     assert swept["injections"] == [f"drop@{v['boundary']}"]
     assert bytes.fromhex(swept["output"]).count(0) >= 4          # the zeros the oracle saw
-    from emulator.oracle import judge_run_report
+    from emulator.sweep.oracle import judge_run_report
     verdicts = judge_run_report(report)
     assert [x.invariant for x in verdicts[-1].violations] == [x["invariant"] for x in v["violations"]]
     assert all(not vd.violations for vd in verdicts[:-1])
@@ -252,7 +252,7 @@ def test_the_reproduction_runs_under_faultpath_step(tmp_path, capsys):
     r = next(r for r in res.violations if r.violations[0]["invariant"] == "Provenance"
              and "zeros" in r.violations[0]["detail"])
     cmd = shlex.split(res.repro(r))
-    proc = subprocess.run([sys.executable, "-m", "emulator.cli"] + cmd[1:], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "emulator.cli.main"] + cmd[1:], capture_output=True, text=True,
                           timeout=120, cwd=os.path.dirname(ASM_DIR))
     assert proc.returncode == 0, proc.stderr
     end = [ln for ln in proc.stdout.splitlines() if ln.startswith("call 2 ended:")]

@@ -73,7 +73,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from emulator.errors import AssemblyError, FaultpathError, UnfaithfulInstruction
+from vdso.errors import AssemblyError, FaultpathError, UnfaithfulInstruction
 from vdso.image import (ABI_6_11, ABI_V14, PAGE_SIZE, RNG_DATA_OFFSET_6_15, VDSO_BASE,
                         VdsoImage)
 
@@ -765,8 +765,8 @@ def _capstone():
 
 def unfaithful_reason(insn_bytes: bytes, insn=None) -> str | None:
     """Why Unicorn 2.1 cannot run this instruction faithfully, or None: the one
-    rule set of emulator.decode (images, run-time blocks and user blobs alike)."""
-    from emulator.decode import unfaithful_reason as reason
+    rule set of vdso.insn (images, run-time blocks and user blobs alike)."""
+    from vdso.insn import unfaithful_reason as reason
     if insn is None:
         return reason(insn_bytes)
     return reason(insn_bytes, insn.mnemonic, insn.op_str)

@@ -14,7 +14,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from emulator.errors import HostVdsoUnavailable, ImageError
+from vdso.errors import HostVdsoUnavailable, ImageError
 from vdso.image import PAGE_SIZE, VdsoImage
 from vdso.rng_locate import locate_rng_data
 

@@ -53,7 +53,7 @@ class VdsoImage:
         for cand in (name, "__vdso_" + name, name.removeprefix("__vdso_")):
             if cand in self.symbols:
                 return self.base + self.symbols[cand]
-        from emulator.errors import ImageError
+        from vdso.errors import ImageError
         raise ImageError(f"{self.name}: no symbol {name!r}")
 
     def has_symbol(self, name: str) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from emulator.errors import ImageError
+from vdso.errors import ImageError
 from vdso.image import VdsoImage
 
 BUILTIN_KINDS = ("builtin", "builtin-v14")
@@ -31,8 +31,8 @@ def load_image(spec: str) -> VdsoImage:
 def check_faithful(img: VdsoImage, entry: str = "__vdso_getrandom") -> None:
     """Refuse, before anything runs, code Unicorn would run unlike the CPU
     (AVX/EVEX, lock bt* reg): every instruction reachable from the entry."""
-    from emulator.decode import first_unfaithful, insn_unfaithful_reason, reachable_insns
-    from emulator.errors import UnfaithfulInstruction
+    from vdso.insn import first_unfaithful, insn_unfaithful_reason, reachable_insns
+    from vdso.errors import UnfaithfulInstruction
     ins = first_unfaithful(reachable_insns(img.text, img.base, [img.symbol(entry)]))
     if ins is not None:
         where = img.source_lines.get(ins.address - img.base) or f"{img.name}+{ins.address - img.base:#x}"

@@ -1,0 +1,46 @@
+"""`faultpath calibrate`: measure this machine natively (keystone-assembled
+rdtsc harness in executable memory, no compiler) and write a cycle profile."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def default_output() -> str:
+    from emulator.cycles.profile import USER_PROFILE_DIR
+    return str(USER_PROFILE_DIR / "calibrated.toml")
+
+
+def register(sub, parser_class) -> None:
+    p = sub.add_parser("calibrate", help="measure this machine natively and write a cycle profile")
+    p.add_argument("-o", "--output", default=None,
+                   help="profile file to write (default: ~/.config/faultpath/profiles/calibrated.toml, "
+                        "then usable as --profile calibrated)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (a few seconds; noisier)")
+    p.add_argument("--image", default="auto", choices=["auto", "host", "builtin"],
+                   help="which __vdso_getrandom to time natively (auto: the host's, else the builtin)")
+    p.add_argument("--base", default="zen4", help="profile the result is a variant of")
+    p.add_argument("--name", default=None, help="profile name (default calibrated-<hostname>)")
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import os
+
+    from emulator.calibrate.measure import calibrate
+    out = args.output or default_output()
+    d = os.path.dirname(os.path.abspath(out))
+    os.makedirs(d, exist_ok=True)
+    meas, sec = calibrate(out, quick=args.quick, image=args.image, base=args.base, name=args.name,
+                          log=lambda s: print(f"  measuring {s} ...", file=sys.stderr))
+    m = sec["meta"]
+    print(f"wrote {out}: {m['name']} (base {m['base']}), TSC {m['tsc_mhz']:.0f} MHz, "
+          f"{m['tsc_per_core_cycle']:.4f} TSC ticks per core cycle "
+          f"(core ~{m['tsc_mhz'] / m['tsc_per_core_cycle']:.0f} MHz)")
+    if meas.get("vdso"):
+        print(f"  vDSO ({meas['vdso_image']}): " + ", ".join(f"{s} B {v:.0f}" for s, v in meas["vdso"].items()))
+    else:
+        print(f"  vDSO: not measured ({meas.get('vdso_note')})")
+    print("  syscall getrandom: " + ", ".join(f"{s} B {v:.0f}" for s, v in meas["syscall"].items()))
+    print("  faults: " + ", ".join(f"{k} {v:.0f}" for k, v in meas["faults"].items()))
+    return 0

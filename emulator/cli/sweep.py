@@ -1,0 +1,225 @@
+"""`faultpath sweep`: every instruction boundary x every event, judged by the
+oracle; `--mutants` proves the oracle has teeth on asm/mutants/*.s.
+
+Exit status: 0 when every run passed (or, with --mutants, every mutant was
+killed), 1 on any violation or crash (a surviving mutant), 2 on bad input."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from emulator.errors import UsageError
+
+DEFAULT_SIZES = [4, 64, 256]
+MUTANT_SIZES = [4, 70]
+MUTANT_CALLS_BEFORE = [0, 1]
+MUTANT_PLACEMENTS = "start,straddle"
+
+
+def register(sub, parser_class) -> None:
+    from emulator.cli.main import add_run_options
+    p = sub.add_parser("sweep", help="inject every event at every instruction boundary and judge each run "
+                                     "with the oracle (exit 1 on a violation)")
+    add_run_options(p)
+    p.add_argument("--events", default="all",
+                   help="comma list of drop, oom, oom:K, fork, reenter, reseed, not-ready, or all "
+                        "(all = drop,oom,oom:2,fork,reenter,reseed,not-ready)")
+    p.add_argument("--calls-before", action="append", metavar="K",
+                   help="warm the state with K calls before the swept call (repeatable or comma list; default 1; "
+                        "with --mutants 0,1)")
+    p.add_argument("--placements", default=None,
+                   help="where the state sits: start of its page, end of its page, straddling two pages "
+                        "(default start,end,straddle; with --mutants start,straddle)")
+    p.add_argument("--after", type=int, default=1, metavar="N",
+                   help="further calls each process makes after the swept call (default 1)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes (default: the CPUs available; 0 = in this process, no isolation)")
+    p.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
+                   help="where tasks run: local worker processes, or a Dask scheduler (optional extra)")
+    p.add_argument("--json", dest="json_path", metavar="PATH", default=None,
+                   help="write the full report as JSON to PATH ('-' for stdout)")
+    p.add_argument("--mutants", action="store_true",
+                   help="sweep every asm/mutants/*.s instead and show which invariant and event killed each")
+    p.add_argument("--max-report", type=int, default=30, metavar="N", help="violation groups to print")
+    prog = p.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="progress bar on stderr (default: when stderr is a terminal)")
+    prog.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _ints(values, what: str) -> list[int]:
+    out = []
+    for v in values or []:
+        for part in str(v).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                out.append(int(part, 0))
+            except ValueError:
+                raise UsageError(f"{what} {part!r}: not an integer") from None
+    return out
+
+
+def _options(args: argparse.Namespace, mutants: bool) -> dict:
+    from emulator.cli.main import _sizes
+    from emulator.sweep.runner import SWEEP_LIVELOCK, make_configs, parse_events
+    if args.inject:
+        raise UsageError("sweep: --inject is not used (the sweep injects --events at every boundary)")
+    if args.calls is not None:
+        raise UsageError("sweep: use --calls-before K (calls that warm the state before the swept call)")
+    if args.scenario not in (None, "none"):
+        raise UsageError("sweep: --scenario is not used")
+    sizes = _sizes(args.size) or (MUTANT_SIZES if mutants else DEFAULT_SIZES)
+    for s in sizes:
+        if not 0 <= s <= 1 << 20:
+            raise UsageError(f"--size {s}: out of range for a sweep (0..{1 << 20})")
+    cbs = _ints(args.calls_before, "--calls-before") or (MUTANT_CALLS_BEFORE if mutants else [1])
+    for k in cbs:
+        if not 0 <= k <= 1000:
+            raise UsageError(f"--calls-before {k}: out of range (0..1000)")
+    if not 0 <= args.after <= 100:
+        raise UsageError(f"--after {args.after}: out of range (0..100)")
+    livelock = args.livelock if args.livelock is not None else SWEEP_LIVELOCK
+    if not 2 <= livelock <= 1_000_000:
+        raise UsageError(f"--livelock {livelock}: out of range")
+    events = parse_events(args.events, livelock)
+    spec = args.placements or (MUTANT_PLACEMENTS if mutants else "start,end,straddle")
+    placements = [p.strip() for p in spec.split(",") if p.strip()]
+    if not placements:
+        raise UsageError("--placements: none given")
+    if not 16 <= args.memory <= 1 << 22:
+        raise UsageError(f"--memory {args.memory}: out of range")
+    configs = make_configs(sizes, placements, cbs, args.droppable_oom, seed=args.seed, memory_pages=args.memory,
+                           swap_pages=args.swap, flags=args.flags, after=args.after, livelock_limit=livelock)
+    from emulator.sweep.executors import cpu_count
+    jobs = cpu_count() if args.jobs is None else args.jobs
+    if not 0 <= jobs <= 1024:
+        raise UsageError(f"--jobs {jobs}: out of range (0..1024)")
+    return {"configs": configs, "events": events, "jobs": jobs}
+
+
+def _write_json(path: str, obj: dict) -> None:
+    text = json.dumps(obj, indent=1)
+    if path == "-":
+        print(text)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.mutants:
+        return cmd_mutants(args)
+    from emulator.sweep.runner import sweep
+    from vdso.loader import default_image_name, load_image
+    opts = _options(args, mutants=False)
+    spec = args.image or default_image_name()
+    image = load_image(spec)
+    res = sweep(image, spec, opts["configs"], opts["events"], jobs=opts["jobs"], executor=args.executor,
+                progress=args.progress)
+    out = sys.stderr if args.json_path == "-" else sys.stdout
+    print(res.format(args.max_report), file=out)
+    if args.json_path:
+        _write_json(args.json_path, res.as_dict())
+    return 1 if res.failed else 0
+
+
+# --------------------------------------------------------------------------
+# Mutants
+# --------------------------------------------------------------------------
+
+def mutant_files() -> list[str]:
+    from vdso.asm_build import ASM_DIR
+    d = ASM_DIR / "mutants"
+    return sorted(str(p) for p in d.glob("*.s")) if d.is_dir() else []
+
+
+def mutant_header(path: str) -> dict:
+    """`# mutant:`, `# removes:` and `# breaks:` lines at the top of a mutant."""
+    info = {"name": os.path.splitext(os.path.basename(path))[0], "removes": "", "breaks": ""}
+    with open(path) as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            for key in ("mutant", "removes", "breaks"):
+                tag = f"# {key}:"
+                if line.lower().startswith(tag):
+                    info["name" if key == "mutant" else key] = line[len(tag):].strip()
+    return info
+
+
+def run_mutants(args: argparse.Namespace, files: list[str] | None = None) -> list[dict]:
+    from emulator.sweep.runner import sweep
+    from vdso.loader import load_image
+    opts = _options(args, mutants=True)
+    out = []
+    for path in files or mutant_files():
+        info = mutant_header(path)
+        rel = os.path.relpath(path)
+        t0 = time.perf_counter()
+        image = load_image(path)
+        res = sweep(image, rel, opts["configs"], opts["events"], jobs=opts["jobs"], executor=args.executor,
+                    progress=args.progress)
+        kills = res.kills()
+        by_inv: dict[str, int] = {}
+        by_event: dict[str, dict[str, int]] = {}
+        for (inv, ev), k in kills.items():
+            by_inv[inv] = by_inv.get(inv, 0) + k
+            by_event.setdefault(inv, {})[ev] = by_event.setdefault(inv, {}).get(ev, 0) + k
+        example = None
+        designed = [r for r in res.violations if any(v["invariant"] == info["breaks"] for v in r.violations)]
+        pick = sorted(designed or res.violations,              # reproducible as is: state at the start
+                      key=lambda r: (res.configs[r.ci].placement != "start", r.i == 0))
+        if pick:
+            example = res._viol_dict(pick[0])
+        out.append({"file": rel, **info, "killed": bool(kills), "designed_invariant_fired": info["breaks"] in by_inv,
+                    "runs": res.runs, "violating_runs": len(res.violations), "by_invariant": by_inv,
+                    "by_event": by_event, "elapsed_s": round(time.perf_counter() - t0, 2), "example": example})
+    return out
+
+
+def format_mutants(rows: list[dict]) -> str:
+    lines = ["faultpath sweep --mutants: every mutant removes one safety property of asm/vgetrandom.s", ""]
+    w = max([len(r["name"]) for r in rows] + [6])
+    lines.append(f"{'mutant':<{w}}  {'designed to break':<18} {'killed':<7} runs killed by (invariant: runs [events])")
+    for r in rows:
+        kills = "; ".join(f"{inv}: {n} [{', '.join(sorted(r['by_event'][inv]))}]"
+                          for inv, n in sorted(r["by_invariant"].items(), key=lambda kv: -kv[1]))
+        mark = "yes" if r["killed"] else "NO"
+        if r["killed"] and not r["designed_invariant_fired"]:
+            mark = "yes*"
+        lines.append(f"{r['name']:<{w}}  {r['breaks']:<18} {mark:<7} {r['violating_runs']}/{r['runs']} {kills}")
+    lines.append("")
+    for r in rows:
+        lines.append(f"{r['name']}: removes {r['removes']}")
+        if r["example"]:
+            ex = r["example"]
+            v = next((x for x in ex["violations"] if x["invariant"] == r["breaks"]), ex["violations"][0])
+            lines.append(f"  e.g. {ex['event']} at boundary {ex['boundary']} ({ex['instruction']}), size {ex['size']}, "
+                         f"state at {ex['placement']}, {ex['calls_before']} call(s) before:")
+            lines.append(f"    [{v['invariant']}] {v['call']}: {v['detail']}")
+            lines.append(f"    reproduce: {ex['reproduce']}")
+    if any(r["killed"] and not r["designed_invariant_fired"] for r in rows):
+        lines.append("* killed, but not by the invariant the mutant was designed to break")
+    return "\n".join(lines)
+
+
+def cmd_mutants(args: argparse.Namespace) -> int:
+    if args.image is not None:
+        raise UsageError("sweep --mutants: the images are asm/mutants/*.s (drop --image)")
+    files = mutant_files()
+    if not files:
+        raise UsageError("sweep --mutants: no asm/mutants/*.s found")
+    rows = run_mutants(args, files)
+    out = sys.stderr if args.json_path == "-" else sys.stdout
+    print(format_mutants(rows), file=out)
+    if args.json_path:
+        _write_json(args.json_path, {"mutants": rows, "all_killed": all(r["killed"] for r in rows)})
+    return 0 if all(r["killed"] for r in rows) else 1

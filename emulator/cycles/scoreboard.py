@@ -1,0 +1,239 @@
+"""Per-basic-block scoreboard: what one execution of a block costs in steady state.
+
+Computed once per block (emulator/cycles/blocks.py caches it) from the instruction
+models of emulator/cycles/uarch.py and the profile's machine parameters:
+
+* throughput bound: macro-ops over the dispatch width, uops over the pipes
+  they may use (port pressure; the exact fractional assignment bound: for
+  every union U of port groups, the uops confined to U over |U|), loads and
+  stores over their pipes, and the taken branch that ends the block;
+* register dependencies: a max-plus scoreboard over the block gives, for
+  every register live at the block's exit, the latest path from every
+  register at its entry (a matrix D[r][s]);
+* loop-carried chains across repeated executions of the same block: the
+  maximum cycle mean of D (Karp), i.e. how far apart two executions must be
+  when each one waits for values the previous one produced (the ChaCha20
+  double round: 34 core cycles an iteration on Zen 4, however wide the core);
+* the critical path from the block's entry (reported, not charged: across
+  blocks, out-of-order execution overlaps it with the neighbours' work).
+
+cost = max(throughput bound, recurrence), in core cycles; BlockCache converts
+it to TSC ticks with the profile's measured core-clock/TSC ratio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+
+from emulator.cycles.profile import Profile
+from emulator.cycles.uarch import FLAGS, InsnModel
+
+NEG = float("-inf")
+
+
+@dataclass
+class BlockTiming:
+    cost: float                 # core cycles per execution, steady state
+    throughput: float           # resource bound
+    recurrence: float           # loop-carried chain per execution
+    latency: float              # critical path from entry (all inputs ready at 0)
+    bound: str                  # what binds: dispatch | ports:<groups> | branch | recurrence | rep
+    weights: list[float] = field(default_factory=list)   # per-instruction share of the cost
+    rep_elem: float = 0.0       # core cycles per further element of a rep string tail
+    exit_overlap: float = 0.0   # core cycles the work after this loop overlaps its last chain
+    detail: dict = field(default_factory=dict)
+
+
+def port_bound(counts: dict[str, float], profile: Profile) -> tuple[float, str]:
+    """min over fractional assignments of the busiest pipe's load.
+
+    By the max-flow/min-cut argument this equals max over unions U of port
+    groups of (uops whose group lies inside U) / |pipes of U|."""
+    groups = [g for g, n in counts.items() if n > 0]
+    if not groups:
+        return 0.0, ""
+    pipes = {g: frozenset(profile.ports.get(g, (g,))) for g in groups}
+    best, which = 0.0, ""
+    unions: dict[frozenset, None] = {}
+    for k in range(1, min(len(groups), 6) + 1):
+        for combo in combinations(groups, k):
+            u = frozenset().union(*(pipes[g] for g in combo))
+            unions[u] = None
+    for u in unions:
+        load = sum(counts[g] for g in groups if pipes[g] <= u)
+        v = load / len(u)
+        if v > best:
+            best = v
+            which = "+".join(sorted(g for g in groups if pipes[g] <= u))
+    return best, which
+
+
+def max_cycle_mean(nodes: list[str], w: dict[tuple[str, str], float]) -> float:
+    """Karp's maximum cycle mean over the graph nodes/w (edges u->v weight w)."""
+    n = len(nodes)
+    if n == 0 or not w:
+        return 0.0
+    idx = {v: i for i, v in enumerate(nodes)}
+    edges = [(idx[u], idx[v], c) for (u, v), c in w.items()]
+    d = [[NEG] * n for _ in range(n + 1)]
+    d[0] = [0.0] * n
+    for k in range(1, n + 1):
+        prev, cur = d[k - 1], d[k]
+        for u, v, c in edges:
+            if prev[u] != NEG and prev[u] + c > cur[v]:
+                cur[v] = prev[u] + c
+    best = NEG
+    for v in range(n):
+        if d[n][v] == NEG:
+            continue
+        worst = float("inf")
+        for k in range(n):
+            if d[k][v] != NEG:
+                worst = min(worst, (d[n][v] - d[k][v]) / (n - k))
+        if worst != float("inf"):
+            best = max(best, worst)
+    return max(best, 0.0)
+
+
+def _merge(vs: list[dict[str, float]], add: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for v in vs:
+        for k, t in v.items():
+            if t > out.get(k, NEG):
+                out[k] = t
+    if add:
+        for k in out:
+            out[k] += add
+    return out
+
+
+def dependencies(models: list[InsnModel]) -> tuple[dict[str, dict[str, float]], float]:
+    """(D, latency): D[s][r] = longest path from register r at entry to s at exit
+    (only entries that exist), and the critical path from the entry."""
+    ready: dict[str, dict[str, float]] = {}       # reg -> {entry reg: latest path}
+    abs_ready: dict[str, float] = {}              # reg -> time, all inputs ready at 0
+    crit = 0.0
+
+    def vec(r: str) -> dict[str, float]:
+        v = ready.get(r)
+        return v if v is not None else {r: 0.0}
+
+    for m in models:
+        if m.zero_idiom:
+            for d in m.dsts:
+                ready[d] = {}
+                abs_ready[d] = 0.0
+            continue
+        if m.eliminated:
+            src = [s for s in m.data_srcs if s not in m.dsts or len(m.data_srcs) == 1] or list(m.data_srcs)
+            v = _merge([vec(s) for s in src], 0.0)
+            t = max([abs_ready.get(s, 0.0) for s in src] or [0.0])
+            for d in m.dsts:
+                ready[d] = v
+                abs_ready[d] = t
+            continue
+        load_lat = sum(u.lat for u in m.uops if u.kind == "load")
+        op_lat = sum(u.lat for u in m.uops if u.kind in ("op", "branch"))
+        parts: list[dict[str, float]] = []
+        t_in = 0.0
+        if m.load:
+            parts.append(_merge([vec(s) for s in m.addr_srcs], load_lat))
+            t_in = max([abs_ready.get(s, 0.0) for s in m.addr_srcs] or [0.0]) + load_lat
+        srcs = [s for s in m.data_srcs]
+        parts.append(_merge([vec(s) for s in srcs], 0.0))
+        t_in = max([t_in] + [abs_ready.get(s, 0.0) for s in srcs])
+        v = _merge(parts, op_lat)
+        t = t_in + op_lat
+        crit = max(crit, t)
+        for d in m.dsts:
+            ready[d] = v
+            abs_ready[d] = t
+    return ready, crit
+
+
+def loop_start(models: list[InsnModel]) -> int | None:
+    """Index of the instruction the block's final branch jumps back to, if it
+    jumps into the block itself (a self-loop; Unicorn may also have merged a
+    loop's pre-header with its first iteration, then the target is inside)."""
+    if not models:
+        return None
+    last = models[-1]
+    if last.target is None or last.branch not in ("cond", "jmp"):
+        return None
+    for i, m in enumerate(models):
+        if m.address == last.target:
+            return i
+    return None
+
+
+def recurrence(models: list[InsnModel]) -> tuple[float, float]:
+    """(loop-carried chain per execution, critical path from entry)."""
+    ready, crit = dependencies(models)
+    w: dict[tuple[str, str], float] = {}
+    for s, v in ready.items():
+        if s == FLAGS:
+            continue
+        for r, t in v.items():
+            if r != FLAGS and t > 0:
+                w[(r, s)] = max(t, w.get((r, s), NEG))
+    nodes = sorted({a for a, _ in w} | {b for _, b in w})
+    return (max_cycle_mean(nodes, w) if w else 0.0), crit
+
+
+def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
+    core = profile.core
+    width = float(core.get("dispatch_width", 6))
+    start = loop_start(models)
+    looping = start is not None
+    mops = sum(m.mops for m in models)
+    # Stores drain from the store queue (64 entries on Zen 4 [SOG]): outside a
+    # loop they do not hold up dispatch, so the store pipes only bound loops.
+    store_groups = {str(core.get("store_ports", "ST")), str(core.get("vec_store_data_ports", "VST"))}
+    counts: dict[str, float] = {}
+    for m in models:
+        for u in m.uops:
+            if u.ports and (looping or u.kind != "store" or u.ports not in store_groups):
+                counts[u.ports] = counts.get(u.ports, 0.0) + 1.0
+    pb, pwhich = port_bound(counts, profile)
+    bounds = {"dispatch": mops / width if width else 0.0, f"ports:{pwhich}": pb}
+    last = models[-1] if models else None
+    if last is not None and last.branch:
+        taken = float(core.get("taken_branch_cycles", 1.0))
+        if last.branch == "cond" and not looping:
+            taken *= float(core.get("cond_taken_fraction", 1.0))
+        bounds["branch"] = taken
+    throughput, bound = max(((v, k) for k, v in bounds.items()), default=(0.0, "dispatch"))
+    # Loop-carried chains across repeated executions: of the whole block, and of
+    # the loop inside it when its final branch goes back into the block (the
+    # first iteration executed as part of this block belongs to the same chain).
+    rec, crit = recurrence(models)
+    if start:
+        rec = max(rec, recurrence(models[start:])[0])
+    cost = max(throughput, rec)
+    exit_overlap = 0.0
+    if rec > throughput:
+        bound = "recurrence"
+        if looping:
+            # When a latency-bound loop exits, the out-of-order window already
+            # holds the work after it: that work runs while the loop's last
+            # chain drains.  The window (core.window_uops, calibrated) drains at
+            # the loop's own rate of uops per cycle; at most one iteration overlaps.
+            body = models[start:]
+            uops = sum(1 for m in body for u in m.uops if u.ports)
+            win = float(core.get("window_uops", 0))
+            if uops and win:
+                exit_overlap = min(rec, win * rec / uops)
+    rep_elem = 0.0
+    if last is not None and last.rep:
+        cost += float(core.get("rep_startup", 14))
+        bpc = float(core.get("rep_bytes_per_cycle", 32))
+        rep_elem = max(last.rep_elem / bpc if bpc else 1.0, float(core.get("rep_min_element", 0.0)))
+        bound = "rep"
+    weights = [m.mops if m.mops > 0 else 0.0 for m in models]
+    if not any(weights):
+        weights = [1.0] * len(models)
+    return BlockTiming(cost=cost, throughput=throughput, recurrence=rec, latency=crit, bound=bound,
+                       weights=weights, rep_elem=rep_elem, exit_overlap=exit_overlap,
+                       detail={"mops": mops, "ports": counts, "bounds": bounds, "loop": looping,
+                               "loop_target": models[start].address if looping else None,
+                               "target": last.target if last is not None else None})
