@@ -1,24 +1,37 @@
-"""The x86 page-fault entry for user-mode faults (arch/x86/mm/fault.c).
+"""The x86 page-fault entry (arch/x86/mm/fault.c), for user and kernel mode.
 
 mm decides (handle_mm_fault returns VM_FAULT_* bits); this file alone decides
-what those bits mean for the CPU: resume at the same instruction, skip it
-(VM_FAULT_SKIP_INSN, the v13/v14 patch), deliver a signal, or OOM-kill.
-Every stage is charged and traced so `fstep` can walk it.
+what those bits mean for the CPU:
+
+- a fault taken by user code: resume at the same instruction, skip it
+  (VM_FAULT_SKIP_INSN, the v13/v14 patch), deliver a signal, or OOM-kill;
+- a fault taken by the kernel itself on a user address (copy_to_user in a
+  syscall, reached through Task.page_fault): there is no signal and no OOM
+  kill in kernel mode; an error goes through the exception-table fixup (the
+  copy comes back short), and a droppable OOM refaults under both designs
+  (under `skip`, insn_fetch_from_user() of a kernel rip copies nothing).
+
+Both go through the one function below, do_user_addr_fault(), as in Linux,
+where the name says which *address* faulted, not which mode did.  Every stage
+is charged and traced so `fstep` can walk it.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vdso.insn import MAX_INSN_LEN, decode_one
 from emulator.insn_fetch import insn_fetch_from_user, skip_length
-from emulator.records import X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE, FaultRecord, append_fault
+from emulator.usercopy import fault_in_write
+from emulator.records import (X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE, CallContext, FaultRecord,
+                              PendingFault, append_fault)
 from mm import flags as F
 from mm.smaps import vm_flags_str
+from vdso.insn import MAX_INSN_LEN, decode_one
 
 if TYPE_CHECKING:
-    from emulator.machine import CallContext, Machine, PendingFault
+    from emulator.task import Task
 
-PAGE_SIZE = 4096
+# Decisions after which the same instruction runs again (a refault counts toward livelock).
+_RESUMED = ("retry", "retry-oom", "mapped", "zero-page", "cow", "reuse", "swap-in")
 
 
 def vm_fault_names(bits: int) -> list[str]:
@@ -36,7 +49,7 @@ def fault_flags(access: str, user: bool) -> int:
     return fl
 
 
-def error_code(m: "Machine", address: int, access: str, user: bool) -> int:
+def error_code(m: "Task", address: int, access: str, user: bool) -> int:
     pte = m.mm.pte(address)
     code = X86_PF_USER if user else 0
     if pte is not None and pte.frame is not None:
@@ -48,7 +61,7 @@ def error_code(m: "Machine", address: int, access: str, user: bool) -> int:
     return code
 
 
-def pte_state(m: "Machine", address: int) -> str:
+def pte_state(m: "Task", address: int) -> str:
     pte = m.mm.pte(address)
     if pte is None:
         return "none"
@@ -63,7 +76,7 @@ def pte_state(m: "Machine", address: int) -> str:
     return f"present({rw}) pfn={pte.frame.pfn}{shared}"
 
 
-def vma_desc(m: "Machine", address: int) -> tuple[str, str, object]:
+def vma_desc(m: "Task", address: int) -> tuple[str, str, object]:
     vma = m.mm.find_vma(address)
     if vma is None:
         sp = m.special_at(address)
@@ -71,7 +84,7 @@ def vma_desc(m: "Machine", address: int) -> tuple[str, str, object]:
     return (f"{vma.start:#x}-{vma.end:#x}", vm_flags_str(vma.vm_flags), vma)
 
 
-def predict(m: "Machine", address: int, access: str) -> str:
+def predict(m: "Task", address: int, access: str) -> str:
     """What mm will decide for this fault, without changing anything (for the stepper)."""
     vma = m.mm.find_vma(address)
     if vma is None:
@@ -105,7 +118,7 @@ def predict(m: "Machine", address: int, access: str) -> str:
     return "allocate zeroed frame"
 
 
-def snapshot_cow(m: "Machine", address: int) -> bool:
+def snapshot_cow(m: "Task", address: int) -> bool:
     """A write to a page write-protected only because a Machine snapshot shares
     its frame.  Snapshots are a tool artifact, not kernel state: such a fault is
     resolved silently (mm copies the frame without allocating) so that taking a
@@ -117,40 +130,68 @@ def snapshot_cow(m: "Machine", address: int) -> bool:
     return f is not None and pte.snap_wp and not pte.writable and not f.is_zero and len(f.rmap) == 1
 
 
-def resolve_snapshot_cow(m: "Machine", address: int, user: bool) -> bool:
-    from emulator.usercopy import fault_in_write
+def resolve_snapshot_cow(m: "Task", address: int, user: bool) -> bool:
     if not snapshot_cow(m, address):
         return False
     res = fault_in_write(m, address, user)
     return res is not None and not res.bits & F.VM_FAULT_ERROR
 
 
-def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip: int) -> None:
-    """Handle one user-mode fault reported by Unicorn at rip."""
+def do_user_addr_fault(m: "Task", ctx: CallContext, pf: PendingFault, rip: int) -> None:
+    """A fault taken by user code at rip (the run loop stopped there)."""
     if pf.access == "write" and resolve_snapshot_cow(m, pf.address, True):
         ctx.rip = rip
         return
     code = m.read(rip, MAX_INSN_LEN)
     ins = decode_one(code, rip)
-    address = pf.address
-    access = pf.access
+    rec = _new_record(m, ctx, pf.address, pf.access, rip, True,
+                      ins.text if ins else "(undecodable)", ins.raw if ins else code[:1])
+    rec.restored = pf.restored     # rolled back by the run loop at the stop
+    _handle(m, ctx, rec, {})
+
+
+def do_kernel_uaccess_fault(m: "Task", ctx: CallContext, address: int, access: str, rip: int,
+                            what: str) -> FaultRecord | None:
+    """A fault taken by the kernel on a user address (a uaccess such as
+    getrandom's copy_to_user): the same path, without FAULT_FLAG_USER.
+    Returns the record (its decision tells the copy what to do), or None when
+    the fault was a snapshot artifact resolved silently."""
+    if access == "write" and resolve_snapshot_cow(m, address, False):
+        return None
+    rec = _new_record(m, ctx, address, access, rip, False, what, b"")
+    _handle(m, ctx, rec, {"mode": "kernel", "in": what})
+    return rec
+
+
+def _new_record(m: "Task", ctx: CallContext, address: int, access: str, rip: int, user: bool,
+                insn: str, insn_bytes: bytes) -> FaultRecord:
     rec = FaultRecord(index=ctx.index, rip=rip, address=address, access=access,
-                      error_code=error_code(m, address, access, True), user=True,
-                      insn=ins.text if ins else "(undecodable)", insn_bytes=ins.raw if ins else code[:1])
-    rec.vma, rec.vm_flags, vma = vma_desc(m, address)
+                      error_code=error_code(m, address, access, user), user=user,
+                      insn=insn, insn_bytes=insn_bytes)
+    rec.vma, rec.vm_flags, _ = vma_desc(m, address)
     rec.pte = pte_state(m, address)
+    return rec
+
+
+def _handle(m: "Task", ctx: CallContext, rec: FaultRecord, entry_detail: dict) -> None:
+    rip, address, access, user = rec.rip, rec.address, rec.access, rec.user
     cyc0 = ctx.cycles
-    m.charge(ctx, "fault_entry", rip, {"address": address, "access": access, "error_code": rec.error_code,
-                                      "insn": rec.insn})
-    rec.restored = pf.restored     # rolled back by the Machine at the stop
+    detail = {"address": address, "access": access}
+    if user:
+        detail.update(error_code=rec.error_code, insn=rec.insn)
+    m.charge(ctx, "fault_entry", rip, {**detail, **entry_detail})
     if rec.restored:
         m.charge(ctx, "undo_split_store", rip, {"bytes": rec.restored}, cycles=0)
     m.charge(ctx, "vma_lookup", rip, {"vma": rec.vma, "flags": rec.vm_flags})
-    flags = fault_flags(access, True)
+    vma = m.mm.find_vma(address)
+    flags = fault_flags(access, user)
     if vma is None or m.mm.access_error(vma, flags):
         why = "no VMA" if vma is None else "access error"
-        _end_signal(m, ctx, rec, "SIGSEGV", why)
-        return _record(m, ctx, rec, cyc0)
+        if user:
+            _end_signal(m, ctx, rec, "SIGSEGV", why)
+        else:
+            _fixup(m, ctx, rec, {"why": why})
+        return _record(ctx, rec, cyc0)
     res = m.mm.handle_mm_fault(vma, address, flags)
     for st in res.stages:
         m.charge(ctx, st.kind, rip, dict(st.detail), cycles=m.kernel.profile.stage_cost(st.kind, st.detail))
@@ -158,6 +199,11 @@ def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip
     rec.bits = vm_fault_names(res.bits)
     bits = res.bits
     m.sync()
+    if bits & (F.VM_FAULT_SIGSEGV | F.VM_FAULT_SIGBUS | F.VM_FAULT_OOM) and not user:
+        # Kernel mode: no OOM kill and no signal; the exception-table fixup
+        # makes the copy return what it managed (the syscall gives -EFAULT).
+        _fixup(m, ctx, rec, {"bits": rec.bits})
+        return _record(ctx, rec, cyc0)
     if bits & F.VM_FAULT_SIGSEGV:
         _end_signal(m, ctx, rec, "SIGSEGV", "VM_FAULT_SIGSEGV")
     elif bits & F.VM_FAULT_SIGBUS:
@@ -168,43 +214,56 @@ def do_user_addr_fault(m: "Machine", ctx: "CallContext", pf: "PendingFault", rip
         m.charge(ctx, "oom", rip, {"victim": m.name})
         m.killed = True
         m.finish(ctx, "killed", f"OOM kill: write to {address:#x} (non-droppable) at rip={rip:#x}")
+    elif bits & F.VM_FAULT_SKIP_INSN and not user:
+        # insn_fetch_from_user() of a kernel rip copies 0 bytes: rip untouched,
+        # so the kernel's own access refaults.
+        rec.decision = "retry"
+        rec.fetched = 0
+        rec.new_rip = rip
+        m.charge(ctx, "decode", rip, {"fetched": 0, "why": "kernel rip: copy_from_user copies nothing"})
     elif bits & F.VM_FAULT_SKIP_INSN:
-        # v13/v14 x86 patch: fetch <=15 bytes at the user rip, decode, add the length.
-        raw = insn_fetch_from_user(m, rip)
-        rec.fetched = len(raw)
-        n = skip_length(raw) if raw else None
-        m.charge(ctx, "decode", rip, {"fetched": len(raw), "length": n})
-        if n is None:
-            rec.decision = "retry"    # fetch or decode failed: return without touching rip
-            _refault(m, ctx, rec, rip)
-        else:
-            rec.decision = "skip"
-            rec.skip_len = n
-            rec.new_rip = rip + n
-            ctx.rip = rip + n
-            m.set_reg("rip", rip + n)     # debuggers read the register, not ctx
-            if ctx.rep_open != rip:   # a rep insn already under way was counted when it started
-                ctx.index += 1        # the skipped instruction retires (as a no-op)
-            ctx.refaults = 0
-            ctx.last_fault_key = None
+        _skip_insn(m, ctx, rec)
     else:
-        rec.decision = _resolved_decision(rec.stages, bits)
-        if rec.decision == "retry-oom":
-            _refault(m, ctx, rec, rip)
-        else:
-            rec.new_rip = rip
+        rec.decision = _resolved_decision(rec.stages)
+        rec.new_rip = rip
+        if user:
             ctx.rip = rip
-            _count_refault(ctx, rip, address)
-    m.charge(ctx, "fault_return", rip, {"decision": rec.decision, "new_rip": rec.new_rip})
-    if rec.decision in ("retry", "retry-oom", "mapped", "zero-page", "cow", "reuse", "swap-in") and \
-            ctx.refaults > m.livelock_limit and not ctx.done:
+            _count_refault(ctx, rip)
+    m.charge(ctx, "fault_return", rip, {"decision": rec.decision, "new_rip": rec.new_rip} if user
+             else {"decision": rec.decision})
+    if user and rec.decision in _RESUMED and ctx.refaults > m.livelock_limit and not ctx.done:
         rec.decision = "livelock"
         m.finish(ctx, "livelock",
                  f"user-mode write livelock: rip={rip:#x} [{rec.insn}] refaulted {ctx.refaults} times at {address:#x}")
-    _record(m, ctx, rec, cyc0)
+    _record(ctx, rec, cyc0)
 
 
-def _resolved_decision(stages: list[str], bits: int) -> str:
+def _skip_insn(m: "Task", ctx: CallContext, rec: FaultRecord) -> None:
+    """v13/v14 x86 patch: fetch <=15 bytes at the user rip, decode, add the length.
+    A short fetch or a failed decode returns without touching rip (retry)."""
+    rip = rec.rip
+    raw = insn_fetch_from_user(m, rip)
+    rec.fetched = len(raw)
+    n = skip_length(raw) if raw else None
+    m.charge(ctx, "decode", rip, {"fetched": len(raw), "length": n})
+    if n is None:
+        rec.decision = "retry"
+        rec.new_rip = rip
+        ctx.rip = rip
+        _count_refault(ctx, rip)
+        return
+    rec.decision = "skip"
+    rec.skip_len = n
+    rec.new_rip = rip + n
+    ctx.rip = rip + n
+    m.set_reg("rip", rip + n)     # debuggers read the register, not ctx
+    if ctx.rep_open != rip:       # a rep insn already under way was counted when it started
+        ctx.index += 1            # the skipped instruction retires (as a no-op)
+    ctx.refaults = 0
+    ctx.last_fault_key = None
+
+
+def _resolved_decision(stages: list[str]) -> str:
     if "droppable_oom" in stages or "oom" in stages:
         return "retry-oom"          # 6.11: ret &= ~VM_FAULT_OOM -> the instruction re-executes
     for kind, name in (("swap_in", "swap-in"), ("cow_copy", "cow"), ("reuse", "reuse"),
@@ -214,7 +273,7 @@ def _resolved_decision(stages: list[str], bits: int) -> str:
     return "mapped"
 
 
-def _count_refault(ctx: "CallContext", rip: int, address: int) -> None:
+def _count_refault(ctx: CallContext, rip: int) -> None:
     key = (ctx.index, rip)
     if ctx.last_fault_key == key:
         ctx.refaults += 1
@@ -223,18 +282,17 @@ def _count_refault(ctx: "CallContext", rip: int, address: int) -> None:
         ctx.refaults = 1
 
 
-def _refault(m: "Machine", ctx: "CallContext", rec: FaultRecord, rip: int) -> None:
-    rec.new_rip = rip
-    ctx.rip = rip
-    _count_refault(ctx, rip, rec.address)
+def _fixup(m: "Task", ctx: CallContext, rec: FaultRecord, detail: dict) -> None:
+    rec.decision = "efault"
+    m.charge(ctx, "exception_fixup", rec.rip, detail, cycles=0)
 
 
-def _end_signal(m: "Machine", ctx: "CallContext", rec: FaultRecord, sig: str, why: str) -> None:
+def _end_signal(m: "Task", ctx: CallContext, rec: FaultRecord, sig: str, why: str) -> None:
     rec.decision = sig.lower()
     m.charge(ctx, "signal", rec.rip, {"signal": sig, "why": why})
     m.finish(ctx, "signal", f"{sig} ({why}): {rec.access} at {rec.address:#x}, rip={rec.rip:#x} [{rec.insn}]")
 
 
-def _record(m: "Machine", ctx: "CallContext", rec: FaultRecord, cyc0: float) -> None:
+def _record(ctx: CallContext, rec: FaultRecord, cyc0: float) -> None:
     rec.cycles = ctx.cycles - cyc0
     append_fault(ctx.result.faults, rec)

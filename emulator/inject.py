@@ -15,9 +15,10 @@ import re
 from typing import TYPE_CHECKING
 
 from emulator.errors import UsageError
+from emulator.records import CallContext, Injection
 
 if TYPE_CHECKING:
-    from emulator.machine import CallContext, Injection, Machine
+    from emulator.task import Task
 
 KINDS = ("drop", "oom", "oom-off", "oom:K", "fork", "reseed", "not-ready", "ready")
 _KIND_RE = re.compile(r"^(drop|oom|oom-off|oom:(\d+)|fork|reseed|not-ready|ready)$")
@@ -33,9 +34,8 @@ def parse_kind(kind: str) -> str:
     return kind.strip()
 
 
-def parse_injection(spec: str) -> "Injection":
+def parse_injection(spec: str) -> Injection:
     """KIND@N, e.g. drop@120, oom:3@121."""
-    from emulator.machine import Injection
     kind, sep, at = spec.rpartition("@")
     if not sep:
         raise UsageError(f"--inject {spec!r}: expected KIND@N (e.g. drop@120)")
@@ -48,8 +48,9 @@ def parse_injection(spec: str) -> "Injection":
     return Injection(at=n, kind=parse_kind(kind))
 
 
-def apply(m: "Machine", ctx: "CallContext", inj: "Injection") -> None:
-    """Carry out one event now, between two instructions."""
+def apply(m: "Task", ctx: CallContext, inj: Injection) -> "Task | None":
+    """Carry out one event now, between two instructions.  A fork returns the
+    child, which the run loop lets finish the call (emulator/entry.py)."""
     kind = inj.kind
     detail: dict = {"event": kind}
     phys = m.kernel.phys
@@ -58,7 +59,7 @@ def apply(m: "Machine", ctx: "CallContext", inj: "Injection") -> None:
         detail["pages"] = n
         m.sync()
         m.charge(ctx, "inject", ctx.rip, detail, cycles=n * m.kernel.profile.event_cost("drop_page"))
-        return
+        return None
     if kind == "oom":
         phys.fail_allocations(persistent=True)
     elif kind == "oom-off":
@@ -76,20 +77,6 @@ def apply(m: "Machine", ctx: "CallContext", inj: "Injection") -> None:
         child = m.fork()
         detail["child"] = child.name
         m.charge(ctx, "inject", ctx.rip, detail, cycles=m.kernel.profile.event_cost("fork"))
-        _continue_child(m, ctx, child)
-        return
+        return child
     m.charge(ctx, "inject", ctx.rip, detail, cycles=0)
-
-
-def _continue_child(parent: "Machine", ctx: "CallContext", child: "Machine") -> None:
-    """The child resumes mid-call at this boundary with its own (wiped) memory and
-    runs the rest of the call; its result hangs off the parent's."""
-    from emulator.machine import CallContext
-    from emulator.records import CallResult
-    res = CallResult(size=ctx.result.size, process=child.name)
-    cctx = CallContext(result=res, rip=ctx.rip, budget=ctx.budget, index=ctx.index, rep_open=ctx.rep_open,
-                       injections=[i for i in ctx.injections if i.kind != "fork"])
-    child.sync()
-    child.run(cctx)
-    ctx.result.children.append(res)
-    child.last_ctx = cctx
+    return None

@@ -3,33 +3,22 @@
 The kernel copies up to MAX_INSN_SIZE (15) bytes from the user rip with
 copy_from_user(); the copy stops short at the first byte it cannot read, and
 a copy of 0 bytes (or a failed decode) makes the handler return without
-touching rip, so the instruction is retried.
+touching rip, so the instruction is retried.  The length is capstone's,
+corrected where capstone disagrees with the CPU (emulator/insn_length.py).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from emulator.insn_length import skip_length
+from emulator.usercopy import copy_from_user
 from vdso.insn import MAX_INSN_LEN
 
 if TYPE_CHECKING:
-    from emulator.machine import Machine
+    from emulator.task import Task
 
-PAGE_SIZE = 4096
+__all__ = ["insn_fetch_from_user", "skip_length"]
 
 
-def insn_fetch_from_user(m: "Machine", rip: int) -> bytes:
-    from emulator.usercopy import copy_from_user
+def insn_fetch_from_user(m: "Task", rip: int) -> bytes:
     return copy_from_user(m, rip, MAX_INSN_LEN, exec_only=True)
-
-
-def skip_length(raw: bytes) -> int | None:
-    """The length to add to rip, or None when nothing decodes (retry)."""
-    try:
-        from emulator.insn_length import skip_length as corrected
-    except ImportError:      # pragma: no cover - the corrected table is part of the package
-        corrected = None
-    if corrected is not None:
-        return corrected(raw)
-    from vdso.insn import decode_one
-    ins = decode_one(raw)
-    return ins.size if ins else None

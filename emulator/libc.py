@@ -17,7 +17,8 @@ from vdso.abi import (NR_vgetrandom_alloc, PARAMS_SIZE, STATE_SIZE, OpaqueParams
 from vdso.image import ABI_V14, PAGE_SIZE
 
 if TYPE_CHECKING:
-    from emulator.machine import Injection, Machine
+    from emulator.machine import Machine
+    from emulator.records import Injection
     from emulator.records import CallResult
 
 U64 = (1 << 64) - 1

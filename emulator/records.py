@@ -1,5 +1,6 @@
-"""Records of what happened during a call: faults, syscalls and the call
-itself.  Plain dataclasses; JSON goes through as_dict()."""
+"""Records of a call: what happened (faults, syscalls, the call's result) and
+the run loop's own state for one call (CallContext, injections, a pending
+fault).  Plain dataclasses; JSON goes through as_dict()."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -120,3 +121,43 @@ class CallResult:
             "injections": self.injections, "process": self.process,
             "children": [c.as_dict() for c in self.children],
         }
+
+
+DEFAULT_BUDGET = 50_000_000     # instructions per call before the outcome is "budget"
+DEFAULT_LIVELOCK = 1000         # faults at one instruction without progress before "livelock"
+
+
+@dataclass
+class PendingFault:
+    """An access the CPU could not complete, as Unicorn reported it."""
+    access: str            # read | write | exec
+    address: int
+    size: int
+    restored: int = 0      # bytes of a split store rolled back at the stop (precise exception)
+
+
+@dataclass
+class Injection:
+    at: int          # instruction index within the call
+    kind: str        # drop, oom, oom-off, oom:K, fork, reseed, not-ready, ready
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.at}"
+
+
+@dataclass
+class CallContext:
+    """Per-call state of the run loop."""
+    result: CallResult
+    rip: int
+    budget: int
+    injections: list[Injection] = field(default_factory=list)
+    index: int = 0               # architectural instructions retired so far
+    cycles: float = 0.0
+    rep_open: int | None = None  # address of a rep-string insn whose iterations are in flight
+    last_fault_key: tuple | None = None
+    refaults: int = 0
+    done: bool = False
+    stop_on_fault: bool = False  # stepper: stop *before* handling a fault
+    pending_fault: tuple | None = None   # (PendingFault, rip) when stopped at a fault
+    stop_requested: bool = False  # a hook (breakpoint, Ctrl-C) asks the run loop to return

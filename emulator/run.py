@@ -8,7 +8,8 @@ from emulator.cycles.profile import load_profile
 from emulator.errors import UsageError
 from emulator.inject import parse_injection
 from emulator.kernel import Kernel
-from emulator.machine import DEFAULT_BUDGET, DEFAULT_LIVELOCK, Injection, Machine
+from emulator.machine import Machine
+from emulator.records import DEFAULT_BUDGET, DEFAULT_LIVELOCK, Injection
 from emulator.records import CallResult
 from emulator.scenarios import Scenario, plan
 from vdso.abi import STATE_IN_USE, STATE_SIZE

@@ -9,18 +9,18 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from emulator.records import SyscallRecord
+from emulator.records import CallContext, SyscallRecord
 from emulator.usercopy import copy_from_user, copy_to_user
 from mm import flags as F
+from mm.flags import PAGE_SIZE
 from vdso.abi import GRND_INSECURE, GRND_RANDOM, GRND_VALID, MAX_RW_COUNT, NR_getrandom, NR_vgetrandom_alloc, STATE_SIZE
 
 if TYPE_CHECKING:
-    from emulator.machine import CallContext, Machine
+    from emulator.task import Task
 
 ENOSYS = 38
 EINVAL = 22
 EFAULT = 14
-PAGE_SIZE = 4096
 U64 = (1 << 64) - 1
 
 
@@ -28,7 +28,7 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def sys_getrandom(m: "Machine", ctx: "CallContext", rec: SyscallRecord) -> int:
+def sys_getrandom(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
     buf, count, flags = rec.args[0], rec.args[1], rec.args[2] & 0xFFFFFFFF
     # drivers/char/random.c: unknown flags, or RANDOM together with INSECURE -> -EINVAL
     if flags & ~GRND_VALID or (flags & (GRND_RANDOM | GRND_INSECURE)) == (GRND_RANDOM | GRND_INSECURE):
@@ -53,7 +53,7 @@ def sys_getrandom(m: "Machine", ctx: "CallContext", rec: SyscallRecord) -> int:
     return res.copied
 
 
-def sys_mmap(m: "Machine", ctx: "CallContext", rec: SyscallRecord) -> int:
+def sys_mmap(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
     addr, length, prot, flags, fd, off = rec.args
     r = m.mm.mmap(addr, length, prot & 0xFFFFFFFF, flags & 0xFFFFFFFF, _signed(fd) if fd >= 1 << 31 else fd, off)
     if r >= 0:
@@ -87,7 +87,7 @@ def vgetrandom_state_size() -> int:
     return size
 
 
-def sys_vgetrandom_alloc(m: "Machine", ctx: "CallContext", rec: SyscallRecord) -> int:
+def sys_vgetrandom_alloc(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
     """v14: vgetrandom_alloc(unsigned *num, unsigned *size_per_each, unsigned long addr, unsigned flags)."""
     num_p, size_p, addr, flags = rec.args[0], rec.args[1], rec.args[2], rec.args[3] & 0xFFFFFFFF
     if addr or flags:
@@ -120,7 +120,7 @@ def sys_vgetrandom_alloc(m: "Machine", ctx: "CallContext", rec: SyscallRecord) -
     return r
 
 
-def sys_exit(m: "Machine", ctx: "CallContext", rec: SyscallRecord) -> int:
+def sys_exit(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
     m.finish(ctx, "exit", f"exit({_signed(rec.args[0])})")
     return 0
 
@@ -137,7 +137,7 @@ SYSCALLS: dict[int, tuple[str, Callable]] = {
 }
 
 
-def do_syscall(m: "Machine", ctx: "CallContext", rip: int) -> None:
+def do_syscall(m: "Task", ctx: CallContext, rip: int) -> None:
     from unicorn import x86_const as X
     uc = m.uc
     nr = uc.reg_read(X.UC_X86_REG_RAX)

@@ -1,7 +1,7 @@
 """Kernel-mode accesses to user memory: copy_to_user / copy_from_user.
 
-These go through the same handle_mm_fault as user faults, without
-FAULT_FLAG_USER (DESIGN.md "Kernel-mode accesses"):
+A page the kernel cannot access traps into the page-fault entry
+(emulator/fault.py, through Task.page_fault) without FAULT_FLAG_USER:
 - a non-droppable VMA under OOM: the exception-table fixup makes the copy
   return short (the syscall then returns -EFAULT); no OOM kill;
 - a droppable VMA under `retry`: the OOM bit is cleared, the copy refaults;
@@ -15,14 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from emulator.records import X86_PF_PROT, X86_PF_WRITE, FaultRecord, append_fault
+from emulator.records import CallContext
 from mm import flags as F
+from mm.flags import PAGE_SIZE
 
 if TYPE_CHECKING:
-    from emulator.machine import CallContext, Machine
-
-PAGE_SIZE = 4096
-PAGE_MASK = ~(PAGE_SIZE - 1)
+    from emulator.task import Task
 
 
 @dataclass
@@ -31,7 +29,7 @@ class CopyResult:
     livelock: bool = False
 
 
-def _special_readable(m: "Machine", addr: int, exec_only: bool) -> bytes | None:
+def _special_readable(m: "Task", addr: int, exec_only: bool) -> bytes | None:
     name = m.special_at(addr)
     if name is None:
         return None
@@ -39,7 +37,7 @@ def _special_readable(m: "Machine", addr: int, exec_only: bool) -> bytes | None:
     return m.read(addr, n)
 
 
-def copy_from_user(m: "Machine", addr: int, n: int, exec_only: bool = False) -> bytes:
+def copy_from_user(m: "Task", addr: int, n: int, exec_only: bool = False) -> bytes:
     """Read up to n bytes, stopping at the first unreadable byte.  Not-present
     pages of readable VMAs are faulted in as reads (zero page: no allocation)."""
     out = bytearray()
@@ -63,7 +61,7 @@ def copy_from_user(m: "Machine", addr: int, n: int, exec_only: bool = False) -> 
     return bytes(out)
 
 
-def store_if_writable(m: "Machine", addr: int, chunk: bytes) -> bool:
+def store_if_writable(m: "Task", addr: int, chunk: bytes) -> bool:
     """Write chunk (within one page) if the PTE already allows it; no fault."""
     vma = m.mm.find_vma(addr)
     pte = m.mm.pte(addr)
@@ -74,9 +72,11 @@ def store_if_writable(m: "Machine", addr: int, chunk: bytes) -> bool:
     return True
 
 
-def fault_in_write(m: "Machine", addr: int, user: bool):
+def fault_in_write(m: "Task", addr: int, user: bool):
     """handle_mm_fault for a write at addr (after the access check), with the
-    Unicorn mappings synced; returns the FaultResult, or None for a bad area."""
+    Unicorn mappings synced; returns the FaultResult, or None for a bad area.
+    No record and no charge: for set-up writes made outside any call, and for
+    the silent snapshot copy-on-write (emulator/fault.py)."""
     vma = m.mm.find_vma(addr)
     fl = F.FAULT_FLAG_WRITE | (F.FAULT_FLAG_USER if user else 0)
     if vma is None or m.mm.access_error(vma, fl):
@@ -86,7 +86,7 @@ def fault_in_write(m: "Machine", addr: int, user: bool):
     return res
 
 
-def access_user(m: "Machine", addr: int, data: bytes, user: bool = False) -> int:
+def access_user(m: "Task", addr: int, data: bytes, user: bool = False) -> int:
     """Write data without a call context (set-up writes by the harness)."""
     done = 0
     tries = 0
@@ -103,9 +103,12 @@ def access_user(m: "Machine", addr: int, data: bytes, user: bool = False) -> int
     return done
 
 
-def copy_to_user(m: "Machine", ctx: "CallContext", addr: int, data: bytes, rip: int,
+def copy_to_user(m: "Task", ctx: CallContext, addr: int, data: bytes, rip: int,
                  what: str = "copy_to_user") -> CopyResult:
-    """The kernel writing into user memory on behalf of a syscall."""
+    """The kernel writing into user memory on behalf of a syscall.  A page it
+    cannot write traps into the page-fault entry (Task.page_fault), which
+    either makes it writable (the copy goes on), asks for a refault, or takes
+    the exception-table fixup (the copy returns short)."""
     done = 0
     refaults = 0
     while done < len(data):
@@ -115,60 +118,15 @@ def copy_to_user(m: "Machine", ctx: "CallContext", addr: int, data: bytes, rip: 
             done += n
             refaults = 0
             continue
-        vma = m.mm.find_vma(a)
-        pte = m.mm.pte(a)
-        from emulator.fault import resolve_snapshot_cow
-        if resolve_snapshot_cow(m, a, False):
+        rec = m.page_fault(ctx, a, "write", rip, what)
+        if rec is None:             # a snapshot artifact, resolved silently
             continue
-        # A kernel-mode page fault on a user address.
-        rec = FaultRecord(index=ctx.index, rip=rip, address=a, access="write",
-                          error_code=X86_PF_WRITE | (X86_PF_PROT if pte is not None and pte.frame is not None else 0),
-                          user=False, insn=what)
-        from emulator.fault import pte_state, vm_fault_names, vma_desc
-        rec.vma, rec.vm_flags, _ = vma_desc(m, a)
-        rec.pte = pte_state(m, a)
-        cyc0 = ctx.cycles
-        m.charge(ctx, "fault_entry", rip, {"address": a, "access": "write", "mode": "kernel", "in": what})
-        m.charge(ctx, "vma_lookup", rip, {"vma": rec.vma, "flags": rec.vm_flags})
-        if vma is None or m.mm.access_error(vma, F.FAULT_FLAG_WRITE):
-            rec.decision = "efault"
-            m.charge(ctx, "exception_fixup", rip, {"why": "no VMA" if vma is None else "access error"}, cycles=0)
-            _rec(ctx, rec, cyc0)
+        if rec.decision == "efault":
             return CopyResult(done)
-        res = m.mm.handle_mm_fault(vma, a, F.FAULT_FLAG_WRITE)
-        for st in res.stages:
-            m.charge(ctx, st.kind, rip, dict(st.detail), cycles=m.kernel.profile.stage_cost(st.kind, st.detail))
-            rec.stages.append(st.kind)
-        rec.bits = vm_fault_names(res.bits)
-        m.sync()
-        if res.bits & (F.VM_FAULT_OOM | F.VM_FAULT_SIGBUS | F.VM_FAULT_SIGSEGV):
-            # Kernel mode: no OOM kill, no signal; the exception table fixup
-            # makes the copy return what it managed.
-            rec.decision = "efault"
-            m.charge(ctx, "exception_fixup", rip, {"bits": rec.bits}, cycles=0)
-            _rec(ctx, rec, cyc0)
-            return CopyResult(done)
-        if res.bits & F.VM_FAULT_SKIP_INSN:
-            # insn_fetch_from_user() of a kernel rip copies 0 bytes: rip untouched.
-            rec.decision = "retry"
-            rec.fetched = 0
-            m.charge(ctx, "decode", rip, {"fetched": 0, "why": "kernel rip: copy_from_user copies nothing"})
-        elif "droppable_oom" in rec.stages or "oom" in rec.stages:
-            rec.decision = "retry-oom"
-        else:
-            rec.decision = "mapped"
-        rec.new_rip = rip
-        m.charge(ctx, "fault_return", rip, {"decision": rec.decision})
         if rec.decision in ("retry", "retry-oom"):
             refaults += 1
             if refaults > m.livelock_limit:
-                rec.decision = "livelock"
-                _rec(ctx, rec, cyc0)
+                # The refaults were folded into one record (records.append_fault).
+                ctx.result.faults[-1].decision = "livelock"
                 return CopyResult(done, livelock=True)
-        _rec(ctx, rec, cyc0)
     return CopyResult(done)
-
-
-def _rec(ctx: "CallContext", rec: FaultRecord, cyc0: float) -> None:
-    rec.cycles = ctx.cycles - cyc0
-    append_fault(ctx.result.faults, rec)

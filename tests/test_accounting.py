@@ -7,7 +7,8 @@ import pytest
 from unicorn import UC_HOOK_CODE
 
 from emulator.kernel import Kernel
-from emulator.machine import Injection, Machine
+from emulator.machine import Machine
+from emulator.records import Injection
 from emulator.libc import VgetrandomCaller
 
 pytestmark = pytest.mark.host_vdso

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.machine import Injection
+from emulator.records import Injection
 from emulator.run import RunConfig, new_process
 from vdso.abi import STATE_SIZE
 from vdso.asm_build import build_image

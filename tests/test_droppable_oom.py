@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from emulator.machine import Injection
+from emulator.records import Injection
 from emulator.run import RunConfig, find_state_write, new_process
 from provenance import check_output
 

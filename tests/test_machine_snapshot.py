@@ -2,7 +2,7 @@
 exactly the run that was not interrupted, any number of times."""
 from __future__ import annotations
 
-from emulator.machine import Injection
+from emulator.records import Injection
 from emulator.run import RunConfig, new_process
 from vdso.asm_build import build_image
 

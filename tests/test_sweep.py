@@ -17,7 +17,7 @@ import pytest
 
 from emulator.sweep import runner as sweep_mod
 from emulator.cli.main import main as cli_main
-from emulator.machine import Injection
+from emulator.records import Injection
 from emulator.sweep.runner import (EVENTS_ALL, Harness, SweepConfig, _Snap, make_configs, repro_command, sweep)
 from vdso.asm_build import ASM_DIR, build_image
 from vdso.loader import load_image

@@ -46,7 +46,7 @@ def _int(s: str) -> int:
 
 def build_options(args: argparse.Namespace):
     from emulator.compare.scenarios import OOM_MODES, Options
-    from emulator.machine import DEFAULT_LIVELOCK
+    from emulator.records import DEFAULT_LIVELOCK
     opts = Options(seed=args.seed)
     if args.boundaries is not None:
         if args.boundaries < 1:

@@ -69,7 +69,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_run_config(args: argparse.Namespace):
-    from emulator.machine import DEFAULT_LIVELOCK
+    from emulator.records import DEFAULT_LIVELOCK
     from emulator.run import RunConfig
     from vdso.loader import default_image_name, load_image
     image = load_image(args.image or default_image_name())

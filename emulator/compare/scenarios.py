@@ -16,7 +16,7 @@ from emulator.compare.ledger import duplicate_bytes, windows_of, zero_run_bytes
 from emulator.compare.world import Call, World, secret_bytes
 from emulator.compare.designs import PAGE_SIZE, Design
 from emulator.errors import UsageError
-from emulator.machine import DEFAULT_LIVELOCK
+from emulator.records import DEFAULT_LIVELOCK
 from mm import flags as F
 from vdso.image import VdsoImage
 

@@ -17,7 +17,8 @@ from emulator.cycles.profile import load_profile
 from emulator.compare.designs import PAGE_SIZE, Design, DesignCaller
 from emulator.errors import EmulationError
 from emulator.kernel import SENTINEL_PAGE, Kernel
-from emulator.machine import DEFAULT_BUDGET, DEFAULT_LIVELOCK, STACK_SIZE, STACK_TOP, CallContext, Machine
+from emulator.machine import STACK_SIZE, STACK_TOP, Machine
+from emulator.records import DEFAULT_BUDGET, DEFAULT_LIVELOCK, CallContext
 from emulator.records import CallResult
 from emulator.usercopy import access_user
 from emulator.compare.ledger import Ledger
@@ -283,20 +284,7 @@ class World:
         if mach is None:
             return None
         try:
-            for va, mp in list(mach._mapped.items()):
-                if mp.kind != "special":
-                    mach.uc.mem_unmap(va, PAGE_SIZE)
-                    del mach._mapped[va]
-            for h in mach._tail_hooks.values():
-                mach.uc.hook_del(h)
-            mach._tail_hooks.clear()
-            mach._journal.clear()
-            mach.mm = mm
-            mach.name = name
-            mach.trace = type(mach.trace)()
-            mach.children = []
-            mach.killed = False
-            mach.sync()
+            mach.replace_mm(mm, name)
             return mach
         except (AttributeError, TypeError):     # the Machine changed shape: build a new one
             self.reuse_children = False

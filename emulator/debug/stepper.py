@@ -37,7 +37,8 @@ from emulator.fault import error_code, predict, pte_state, vma_desc
 from emulator.inject import apply as inject_apply
 from emulator.inject import parse_kind
 from emulator.kernel import SENTINEL_PAGE
-from emulator.machine import STACK_SIZE, STACK_TOP, Injection
+from emulator.machine import STACK_SIZE, STACK_TOP
+from emulator.records import Injection
 from emulator.records import X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE
 from emulator.run import MAX_PAGES, RunConfig, new_process, plan_calls
 from mm import flags as F

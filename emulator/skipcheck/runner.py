@@ -686,7 +686,7 @@ def _start(plan: _Plan, policy: str, page_end: bool, workaround: bool, m=None):
     """A fresh Machine for ``plan`` (or ``m`` again, when nothing ran), run
     up to and including the instruction (and the marker)."""
     from emulator.kernel import SENTINEL_PAGE
-    from emulator.machine import CallContext
+    from emulator.records import CallContext
     from emulator.records import CallResult
     if m is None:
         m = _new_machine(plan, policy)
@@ -1156,7 +1156,7 @@ class OomMachine:
         """Set the registers (others get gpr_pattern values) and run from
         ``code`` until the trailing int3 (outcome "signal"), a livelock, a
         real signal or the budget; returns the CallResult."""
-        from emulator.machine import CallContext
+        from emulator.records import CallContext
         from emulator.records import CallResult
         m = self.machine
         plan = _Plan((self.code & ~(PAGE - 1), self.oom_page - DROP_OFF), b"", None, self.code, 0,

@@ -45,7 +45,8 @@ from emulator import inject as inject_mod
 from emulator import machine as machine_mod
 from emulator.errors import UsageError
 from emulator.kernel import SENTINEL_PAGE
-from emulator.machine import CallContext, Injection, Machine
+from emulator.machine import Machine
+from emulator.records import CallContext, Injection
 from emulator.sweep.oracle import (OUTCOMES, CallObs, Judge, StreamCache, Verdict, Violation, expected_ret,
                              memory_diff)
 from emulator.records import CallResult
