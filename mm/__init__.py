@@ -3,7 +3,8 @@
 Stdlib only; never imports Unicorn, capstone, keystone or the emulator. The
 interface contract is docs/mm-api.md. Modules, one concept each:
 
-    flags       PROT_/MAP_/MADV_/MCL_/VM_/VM_FAULT_/FAULT_FLAG_ values, errno
+    flags       PROT_/MAP_/MADV_/MCL_/MREMAP_/VM_/VM_FAULT_/FAULT_FLAG_ values, errno
+    kconfig     KernelConfig: build options that change behaviour (soft-dirty)
     vma         struct vm_area_struct
     vma_tree    the ordered VMA set: lookup, split, merge
     page        Frame (struct page) and PTE
@@ -15,6 +16,7 @@ interface contract is docs/mm-api.md. Modules, one concept each:
     memory      handle_mm_fault and the per-kind fault handlers
     gup         populate, peek, copy_from_user, FOLL_FORCE poke
     mmap        mmap/munmap, get_unmapped_area
+    mremap      mremap: grow, shrink, move, DONTUNMAP
     mprotect    mprotect
     mlock       mlock/munlock/mlock2/mlockall/munlockall
     special_mapping  kernel-provided pinned pages (_install_special_mapping)
@@ -30,6 +32,7 @@ interface contract is docs/mm-api.md. Modules, one concept each:
 from . import flags
 from .coredump import CoreDump, CoreSegment
 from .flags import *  # noqa: F401,F403  (the constants are the API too)
+from .kconfig import KernelConfig, host_kernel_config
 from .memory import access_error, handle_mm_fault
 from .mm_struct import MM
 from .page import PTE, Frame
@@ -41,5 +44,5 @@ from .vma import VMA
 
 __all__ = ["MM", "PhysMem", "VMA", "PTE", "Frame", "FaultResult", "FaultStage", "STAGE_KINDS",
            "MMSnapshot", "CoreDump", "CoreSegment", "MMStats", "PhysStats", "access_error",
-           "handle_mm_fault", "flags"]
+           "handle_mm_fault", "flags", "KernelConfig", "host_kernel_config"]
 __all__ += [_n for _n in dir(flags) if _n.isupper()]

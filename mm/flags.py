@@ -83,6 +83,13 @@ MADV_DONTNEED_LOCKED = 24
 MADV_COLLAPSE = 25
 MADV_HWPOISON = 100
 MADV_SOFT_OFFLINE = 101
+MADV_GUARD_INSTALL = 102      # 6.13: guard regions (PTE markers that fault with SIGSEGV)
+MADV_GUARD_REMOVE = 103
+
+# --- mremap ----------------------------------------------------------------
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
+MREMAP_DONTUNMAP = 4          # 5.7 (any private or shared-anonymous mapping since 5.13)
 
 # --- mlock -----------------------------------------------------------------
 MCL_CURRENT = 1
@@ -103,6 +110,11 @@ VM_MAYSHARE = 0x00000080
 VM_GROWSDOWN = 0x00000100
 VM_UFFD_MISSING = 0x00000200
 VM_PFNMAP = 0x00000400
+# 6.18: "a guard region may exist in this VMA". Set by MADV_GUARD_INSTALL on the
+# whole VMA (no split), never cleared by MADV_GUARD_REMOVE, sticky across merges,
+# and it makes fork copy the page tables. smaps shows "gu". (0x800 was VM_DENYWRITE
+# until 5.15.)
+VM_MAYBE_GUARD = 0x00000800
 VM_UFFD_WP = 0x00001000
 VM_LOCKED = 0x00002000
 VM_IO = 0x00004000
@@ -118,7 +130,9 @@ VM_SYNC = 0x00800000
 VM_ARCH_1 = 0x01000000
 VM_WIPEONFORK = 0x02000000
 VM_DONTDUMP = 0x04000000
-VM_SOFTDIRTY = 0x08000000     # CONFIG_MEM_SOFT_DIRTY=y (x86 distro kernels)
+# The kernel defines VM_SOFTDIRTY as 0 without CONFIG_MEM_SOFT_DIRTY; whether an mm
+# sets it is a KernelConfig switch (mm/kconfig.py), the bit's value stays.
+VM_SOFTDIRTY = 0x08000000
 VM_MIXEDMAP = 0x10000000
 VM_HUGEPAGE = 0x20000000
 VM_NOHUGEPAGE = 0x40000000
@@ -139,6 +153,11 @@ VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
 VM_STACK = VM_GROWSDOWN       # x86: stacks grow down
 # Only these survive into a child's mm->def_flags (kernel/fork.c mm_init).
 VM_INIT_DEF_MASK = VM_NOHUGEPAGE
+# Flags that do not prevent a merge and that the merged VMA keeps if either side
+# had them (include/linux/mm.h VM_STICKY, 6.18).
+VM_STICKY = VM_SOFTDIRTY | VM_MAYBE_GUARD
+# Flags that make fork copy a VMA's page tables even without an anon_vma.
+VM_COPY_ON_FORK = VM_MAYBE_GUARD
 
 # --- VM_FAULT_* (enum vm_fault_reason, include/linux/mm_types.h) -------------
 VM_FAULT_OOM = 0x000001
@@ -176,6 +195,27 @@ def vm_fault_str(bits: int) -> str:
     """'OOM|MAJOR' style rendering of VM_FAULT_* bits ('0' for none)."""
     names = [n for b, n in VM_FAULT_NAMES.items() if bits & b]
     return "|".join(names) if names else "0"
+
+
+# Two-letter /proc/PID/smaps VmFlags mnemonics (fs/proc/task_mmu.c), printed in
+# bit order.
+VM_FLAG_MNEMONICS: dict[int, str] = {
+    VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh",
+    VM_MAYREAD: "mr", VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms",
+    VM_GROWSDOWN: "gd", VM_UFFD_MISSING: "um", VM_PFNMAP: "pf", VM_MAYBE_GUARD: "gu",
+    VM_UFFD_WP: "uw", VM_LOCKED: "lo", VM_IO: "io", VM_SEQ_READ: "sr", VM_RAND_READ: "rr",
+    VM_DONTCOPY: "dc", VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac",
+    VM_NORESERVE: "nr", VM_HUGETLB: "ht", VM_SYNC: "sf", VM_ARCH_1: "ar",
+    VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd", VM_SOFTDIRTY: "sd", VM_MIXEDMAP: "mm",
+    VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh", VM_MERGEABLE: "mg",
+    VM_SHADOW_STACK: "ss", VM_UFFD_MINOR: "ui", VM_DROPPABLE: "dp", VM_SEALED: "sl",
+}
+_MNEMONICS_BY_BIT = sorted(VM_FLAG_MNEMONICS.items())
+
+
+def vm_flags_str(vm_flags: int) -> str:
+    """'rd wr mr mw me ac' for vm_flags, as smaps prints them."""
+    return " ".join(m for bit, m in _MNEMONICS_BY_BIT if vm_flags & bit)
 
 
 # --- FAULT_FLAG_* (enum fault_flag, include/linux/mm_types.h) ----------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .flags import (EAGAIN, EFAULT, ENOMEM, FAULT_FLAG_REMOTE, FAULT_FLAG_WRITE, PAGE_MASK,
+from .flags import (EAGAIN, EFAULT, EINVAL, ENOMEM, FAULT_FLAG_REMOTE, FAULT_FLAG_WRITE, PAGE_MASK,
                     PAGE_SHIFT, PAGE_SIZE, VM_EXEC, VM_FAULT_OOM, VM_FAULT_SIGBUS,
                     VM_FAULT_SIGSEGV, VM_IO, VM_LOCKONFAULT, VM_MAYWRITE, VM_PFNMAP,
                     VM_READ, VM_SHARED, VM_WRITE)
@@ -66,19 +66,27 @@ def populate_range(mm: "MM", start: int, end: int, ignore_errors: bool) -> int:
 
 
 def populate_range_for(mm: "MM", start: int, end: int, write: bool) -> int:
-    """MADV_POPULATE_READ/WRITE: fault in with the given access; -ENOMEM on OOM,
-    -EFAULT where the access is not allowed."""
-    for vma in mm.vma_tree.overlapping(start, end):
-        if write and not (vma.vm_flags & VM_WRITE):
-            return -EFAULT
-        if not write and not (vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC)):
-            return -EFAULT
-        for addr in range(max(start, vma.start), min(end, vma.end), PAGE_SIZE):
+    """MADV_POPULATE_READ/WRITE (mm/madvise.c madvise_populate): fault the range in
+    VMA by VMA with the given access, stopping at the first error: -ENOMEM at a hole
+    or on OOM, -EINVAL for a VMA the access is not allowed in (or VM_IO/VM_PFNMAP),
+    -EFAULT when a fault gives SIGSEGV/SIGBUS (a guard region, past EOF)."""
+    pos = start
+    while pos < end:
+        vma = mm.find_vma(pos)
+        if vma is None:
+            return -ENOMEM
+        f = vma.vm_flags
+        if f & (VM_IO | VM_PFNMAP) or not (f & VM_WRITE if write else
+                                            f & (VM_READ | VM_WRITE | VM_EXEC)):
+            return -EINVAL
+        stop = min(end, vma.end)
+        for addr in range(pos, stop, PAGE_SIZE):
             err = faultin_page(mm, addr, write)
             if err == -EAGAIN:
                 return -ENOMEM
             if err:
                 return err
+        pos = stop
     return 0
 
 
@@ -109,11 +117,16 @@ def copy_from_user(mm: "MM", addr: int, n: int) -> bytes:
     fault anything in; not-present pages of a readable VMA read as zeros."""
     end = addr + n
     stop = addr
+    pt = mm.pt
     while stop < end:
         vma = mm.find_vma(stop)
         if vma is None or not (vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC)):
             break
-        stop = min(end, vma.end)
+        vend = min(end, vma.end)
+        for vpn in mm.vpns_in(stop, vend):     # a guard page is unreadable too
+            if pt[vpn].guard:
+                return peek(mm, addr, max(vpn << PAGE_SHIFT, addr) - addr)
+        stop = vend
     return peek(mm, addr, stop - addr)
 
 

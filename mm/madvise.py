@@ -1,12 +1,14 @@
 """madvise(2) (mm/madvise.c) for anonymous memory.
 
 Flag advice (WIPEONFORK/KEEPONFORK, DONTDUMP/DODUMP, DONTFORK/DOFORK, RANDOM/
-SEQUENTIAL/NORMAL, HUGEPAGE/NOHUGEPAGE) splits and merges VMAs; on a droppable
-VMA, KEEPONFORK and DODUMP are refused with -EINVAL (6.11: droppable memory must
-stay wipe-on-fork and out of core dumps). DONTNEED zaps pages (next access reads
-zeros), FREE marks pages lazily freeable, PAGEOUT reclaims them now,
-POPULATE_READ/WRITE fault them in. A hole in the range gives -ENOMEM after the
-mapped parts were handled, as in Linux.
+SEQUENTIAL/NORMAL, HUGEPAGE/NOHUGEPAGE, MERGEABLE/UNMERGEABLE) splits and merges
+VMAs; on a droppable VMA, KEEPONFORK and DODUMP are refused with -EINVAL (6.11:
+droppable memory must stay wipe-on-fork and out of core dumps) while KSM advice is
+accepted and ignored (KSM never merges droppable pages). DONTNEED zaps pages (next
+access reads zeros), FREE marks pages lazily freeable, PAGEOUT reclaims them now,
+POPULATE_READ/WRITE fault them in, GUARD_INSTALL/GUARD_REMOVE place and clear
+guard markers. A hole in the range gives -ENOMEM after the mapped parts were
+handled, as in Linux.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from typing import TYPE_CHECKING
 
 from .flags import (EINVAL, ENOMEM, EPERM, MADV_COLD, MADV_DODUMP, MADV_DOFORK,
                     MADV_DONTDUMP, MADV_DONTFORK, MADV_DONTNEED, MADV_DONTNEED_LOCKED,
-                    MADV_FREE, MADV_HUGEPAGE, MADV_HWPOISON, MADV_KEEPONFORK,
-                    MADV_NOHUGEPAGE, MADV_NORMAL, MADV_PAGEOUT, MADV_POPULATE_READ,
-                    MADV_POPULATE_WRITE, MADV_RANDOM, MADV_REMOVE, MADV_SEQUENTIAL,
-                    MADV_SOFT_OFFLINE, MADV_WILLNEED, MADV_WIPEONFORK, PAGE_MASK,
-                    VM_DONTCOPY, VM_DONTDUMP, VM_DROPPABLE, VM_HUGEPAGE, VM_HUGETLB, VM_IO,
-                    VM_LOCKED, VM_NOHUGEPAGE, VM_PFNMAP, VM_RAND_READ, VM_SEQ_READ, VM_SHARED,
-                    VM_SPECIAL, VM_WIPEONFORK, page_align)
+                    MADV_FREE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE, MADV_HUGEPAGE,
+                    MADV_HWPOISON, MADV_KEEPONFORK, MADV_MERGEABLE, MADV_NOHUGEPAGE,
+                    MADV_NORMAL, MADV_PAGEOUT, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
+                    MADV_RANDOM, MADV_REMOVE, MADV_SEQUENTIAL, MADV_SOFT_OFFLINE,
+                    MADV_UNMERGEABLE, MADV_WILLNEED, MADV_WIPEONFORK, PAGE_MASK, PAGE_SHIFT,
+                    VM_DONTCOPY, VM_DONTDUMP, VM_DONTEXPAND, VM_DROPPABLE, VM_HUGEPAGE,
+                    VM_HUGETLB, VM_IO, VM_LOCKED, VM_MAYBE_GUARD, VM_MAYSHARE, VM_MERGEABLE,
+                    VM_MIXEDMAP, VM_NOHUGEPAGE, VM_PFNMAP, VM_RAND_READ, VM_SEQ_READ,
+                    VM_SHARED, VM_SPECIAL, VM_WIPEONFORK, page_align)
 from .gup import populate_range_for
-from .page import PTE
+from .page import GUARD_PTE, PTE
 from . import vmscan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,10 +36,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _FLAG_ADVICE = {MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_DONTFORK, MADV_DOFORK,
                 MADV_DONTDUMP, MADV_DODUMP, MADV_WIPEONFORK, MADV_KEEPONFORK,
-                MADV_HUGEPAGE, MADV_NOHUGEPAGE}
+                MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_MERGEABLE, MADV_UNMERGEABLE}
 _VALID = _FLAG_ADVICE | {MADV_WILLNEED, MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE,
                          MADV_REMOVE, MADV_COLD, MADV_PAGEOUT, MADV_POPULATE_READ,
-                         MADV_POPULATE_WRITE}
+                         MADV_POPULATE_WRITE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE}
+
+
+def ksm_compatible(vm_flags: int) -> bool:
+    """mm/ksm.c vma_ksm_compatible(): KSM never merges shared, special, hugetlb or
+    droppable memory; MADV_MERGEABLE on such a VMA is accepted and ignored."""
+    return not vm_flags & (VM_SHARED | VM_MAYSHARE | VM_PFNMAP | VM_IO | VM_DONTEXPAND
+                           | VM_HUGETLB | VM_MIXEDMAP | VM_DROPPABLE)
+
+
+def is_valid_guard_vma(vm_flags: int, allow_locked: bool) -> bool:
+    """mm/madvise.c is_valid_guard_vma(): no guard regions in special or hugetlb
+    VMAs, and none installed in locked ones (removing them there is fine)."""
+    bad = VM_SPECIAL | VM_HUGETLB | (0 if allow_locked else VM_LOCKED)
+    return not vm_flags & bad
 
 
 def madvise_new_flags(vma: "VMA", advice: int) -> int:
@@ -71,13 +89,45 @@ def madvise_new_flags(vma: "VMA", advice: int) -> int:
         return (f & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
     if advice == MADV_NOHUGEPAGE:
         return (f & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+    if advice == MADV_MERGEABLE:
+        if f & VM_MERGEABLE or not ksm_compatible(f):
+            return f                           # ksm_madvise(): "just ignore the advice"
+        return f | VM_MERGEABLE
+    if advice == MADV_UNMERGEABLE:
+        return f & ~VM_MERGEABLE               # nothing was ever merged: no pages to unshare
     raise AssertionError(advice)
 
 
 def _zap(mm: "MM", start: int, end: int) -> None:
-    """zap_page_range_single(): the range becomes none (not 'dropped')."""
+    """zap_page_range_single(): the range becomes none (not 'dropped'). Guard
+    markers survive: only unmapping the VMA removes them."""
     for vpn in mm.vpns_in(start, end):
-        mm._set_pte(vpn, None)
+        if not mm.pt[vpn].guard:
+            mm._set_pte(vpn, None)
+
+
+def _guard_install(mm: "MM", vma: "VMA", start: int, end: int) -> int:
+    """madvise_guard_install(): flag the whole VMA VM_MAYBE_GUARD (no split), zap
+    whatever is mapped in the range and leave a guard marker in every page."""
+    if not is_valid_guard_vma(vma.vm_flags, allow_locked=False):
+        return -EINVAL
+    vma.vm_flags |= VM_MAYBE_GUARD
+    pt = mm.pt
+    for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
+        if pt.get(vpn) is not GUARD_PTE:
+            mm._set_pte(vpn, GUARD_PTE)
+    return 0
+
+
+def _guard_remove(mm: "MM", vma: "VMA", start: int, end: int) -> int:
+    """madvise_guard_remove(): clear the markers in the range; pages and
+    VM_MAYBE_GUARD stay."""
+    if not is_valid_guard_vma(vma.vm_flags, allow_locked=True):
+        return -EINVAL
+    for vpn in mm.vpns_in(start, end):
+        if mm.pt[vpn].guard:
+            mm._set_pte(vpn, None)
+    return 0
 
 
 def _lazyfree(mm: "MM", start: int, end: int) -> None:
@@ -132,12 +182,6 @@ def do_madvise(mm: "MM", start: int, len_in: int, advice: int) -> int:
     if end == start:
         return 0
     if advice in (MADV_POPULATE_READ, MADV_POPULATE_WRITE):
-        pos = start
-        while pos < end:                       # the whole range must be mapped
-            v = mm.vma_tree.find(pos)
-            if v is None:
-                return -ENOMEM
-            pos = v.end
         return populate_range_for(mm, start, end, advice == MADV_POPULATE_WRITE)
 
     unmapped_error = 0
@@ -186,6 +230,10 @@ def _madvise_vma(mm: "MM", vma: "VMA", start: int, end: int, advice: int) -> int
         _pageout(mm, start, end)
     elif advice == MADV_REMOVE:
         return -EINVAL                         # needs a shared (shmem/file) mapping
+    elif advice == MADV_GUARD_INSTALL:
+        return _guard_install(mm, vma, start, end)
+    elif advice == MADV_GUARD_REMOVE:
+        return _guard_remove(mm, vma, start, end)
     # MADV_WILLNEED and MADV_COLD are hints with no effect on this model.
     return 0
 

@@ -98,6 +98,11 @@ def handle_pte_fault(mm: "MM", vma: "VMA", address: int, flags: int,
                      stages: list[FaultStage]) -> int:
     vpn = address >> PAGE_SHIFT
     pte = mm.pt.get(vpn)
+    if pte is not None and pte.guard:
+        # handle_pte_marker(): a guard region faults, whatever the access.
+        stages.append(FaultStage("sigsegv", {"reason": "guard_region"}))
+        mm.stats.faults_by_kind["guard"] += 1
+        return VM_FAULT_SIGSEGV
     if pte is None or pte.none:
         return do_anonymous_page(mm, vma, vpn, flags, stages)
     if pte.frame is None:

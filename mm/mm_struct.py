@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 from . import coredump as _coredump
 from . import fork as _fork
-from . import gup, madvise, memory, mlock, mmap, mprotect, smaps as _smaps
+from . import gup, madvise, memory, mlock, mmap, mprotect, mremap, smaps as _smaps
 from . import snapshot as _snapshot
 from . import vmscan
 from .flags import (DROPPABLE_OOM_POLICIES, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE,
@@ -99,6 +99,11 @@ class MM:
 
     def munmap(self, addr: int, length: int) -> int:
         return mmap.do_munmap(self, addr, length)
+
+    def mremap(self, old_addr: int, old_len: int, new_len: int, flags: int,
+               new_addr: int = 0) -> int:
+        """mremap(2): the new address or -errno (MREMAP_MAYMOVE/FIXED/DONTUNMAP)."""
+        return mremap.do_mremap(self, old_addr, old_len, new_len, flags, new_addr)
 
     def mprotect(self, addr: int, length: int, prot: int) -> int:
         return mprotect.do_mprotect(self, addr, length, prot)

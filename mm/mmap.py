@@ -3,6 +3,12 @@
 Only anonymous memory is modelled: MAP_PRIVATE and MAP_DROPPABLE. Shared
 anonymous memory (shmem) and files are refused (-ENODEV), MAP_HUGETLB as on a
 system with no huge pages reserved (-ENOMEM).
+
+Under mlockall(MCL_FUTURE) the order is the kernel's: vm_flags include
+mm->def_flags from the start, so VM_LOCKED takes part in the RLIMIT_MEMLOCK check
+(-EAGAIN) and in the populate decision; the final step of mmap_region clears it
+for VMAs that cannot be locked (droppable ones), which are then populated but
+neither marked "lo" nor counted in locked_vm.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ from .flags import (EBADF, EEXIST, EINVAL, ENODEV, ENOMEM, EPERM, EAGAIN, MAP_AN
                     MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_LOCKED,
                     MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED,
                     MAP_SHARED_VALIDATE, MAP_TYPE, OVERCOMMIT_NEVER, PAGE_MASK,
-                    VM_ACCOUNT, VM_DONTDUMP, VM_DROPPABLE, VM_GROWSDOWN, VM_LOCKED,
-                    VM_LOCKED_MASK, VM_LOCKONFAULT, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE,
-                    VM_NORESERVE, VM_SOFTDIRTY, VM_SPECIAL, VM_WIPEONFORK, calc_vm_flag_bits,
+                    VM_ACCOUNT, VM_DONTDUMP, VM_DROPPABLE, VM_GROWSDOWN, VM_HUGETLB, VM_LOCKED,
+                    VM_LOCKED_MASK, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE,
+                    VM_NORESERVE, VM_SPECIAL, VM_WIPEONFORK, calc_vm_flag_bits,
                     calc_vm_prot_bits, page_align)
 from .gup import populate_range
 from .overcommit import accountable_mapping, vm_enough_memory, vm_unacct_memory
@@ -37,6 +43,12 @@ def mlock_future_ok(mm: "MM", vm_flags: int, nbytes: int) -> bool:
     if not vm_flags & VM_LOCKED or mm.cap_ipc_lock:
         return True
     return (nbytes >> 12) + mm.locked_vm <= (mm.rlimit_memlock >> 12)
+
+
+def vma_supports_mlock(vm_flags: int) -> bool:
+    """mm: prevent droppable mappings from being locked (6.18 stable): VM_SPECIAL,
+    hugetlb and droppable VMAs never carry VM_LOCKED nor count in locked_vm."""
+    return not vm_flags & (VM_SPECIAL | VM_HUGETLB | VM_DROPPABLE)
 
 
 def get_unmapped_area(mm: "MM", addr: int, length: int, flags: int) -> int:
@@ -96,12 +108,11 @@ def do_mmap(mm: "MM", addr: int, length: int, prot: int, flags: int, fd: int = -
     if len(mm.vma_tree) > MAX_MAP_COUNT:
         return -ENOMEM
 
+    # mm->def_flags (mlockall(MCL_FUTURE)) goes in here, droppable or not: VM_LOCKED
+    # is therefore present at the RLIMIT_MEMLOCK check and at the populate decision
+    # below; only mmap_region's last step drops it from a VMA that cannot be locked.
     vm_flags = (calc_vm_prot_bits(prot) | calc_vm_flag_bits(flags) | mm.def_flags
                 | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC)
-    if typ == MAP_DROPPABLE and not flags & MAP_LOCKED:
-        # mlockall(MCL_FUTURE) must not lock new droppable mappings (fixed upstream
-        # in 2026): VM_LOCKED from def_flags neither applies nor counts here.
-        vm_flags &= ~VM_LOCKED_MASK
 
     addr = get_unmapped_area(mm, addr, length, flags)
     if addr < 0:
@@ -131,9 +142,10 @@ def do_mmap(mm: "MM", addr: int, length: int, prot: int, flags: int, fd: int = -
     addr = mmap_region(mm, addr, length, vm_flags)
     if addr < 0:
         return addr
-    if (vm_flags & VM_LOCKED and not vm_flags & VM_LOCKONFAULT) or \
-            (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
-        # mm_populate(): best effort, errors ignored (mmap already succeeded).
+    if vm_flags & VM_LOCKED or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
+        # mm_populate(): best effort, errors ignored (mmap already succeeded). It
+        # skips VM_LOCKONFAULT VMAs, which a droppable VMA no longer is by now: under
+        # mlockall(MCL_FUTURE | MCL_ONFAULT) a new droppable mapping is populated.
         populate_range(mm, addr, addr + length, ignore_errors=True)
     return addr
 
@@ -157,11 +169,12 @@ def mmap_region(mm: "MM", addr: int, length: int, vm_flags: int) -> int:
     if vm_flags & VM_ACCOUNT:
         mm.phys.vm_committed_as += pages - max(charged, 0)
     if vm_flags & VM_LOCKED:
-        if vm_flags & VM_SPECIAL:
+        if not vma_supports_mlock(vm_flags):
             vm_flags &= ~VM_LOCKED_MASK
         else:
             mm.locked_vm += pages
-    vma = VMA(addr, end, vm_flags | VM_SOFTDIRTY)
+    # Every new VMA is soft-dirty, on kernels built with CONFIG_MEM_SOFT_DIRTY.
+    vma = VMA(addr, end, vm_flags | mm.phys.kconfig.vm_softdirty)
     mm.vma_tree.insert(vma)
     mm.vma_tree.merge_around(addr, end)
     mm.mark_changed(addr, end)
@@ -193,4 +206,4 @@ def do_munmap_range(mm: "MM", start: int, end: int) -> None:
 
 
 __all__ = ["do_mmap", "do_munmap", "get_unmapped_area", "mmap_region", "can_do_mlock",
-           "mlock_future_ok"]
+           "mlock_future_ok", "vma_supports_mlock"]

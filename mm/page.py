@@ -74,13 +74,18 @@ class PTE:
     swap_slot: swap entry of a swapped-out page.
     dropped:   the last thing that happened to this page was a drop of droppable
                memory (kept as a not-present marker so page views can show it).
+    snap_wp:   write-protected only by an MM snapshot (a harness artifact, not the
+               kernel's).
+    guard:     a guard-region PTE marker (MADV_GUARD_INSTALL, 6.13): not present,
+               not none; any access faults with VM_FAULT_SIGSEGV.
     """
 
     frame: Optional[Frame]
     writable: bool
     swap_slot: Optional[int] = None
     dropped: bool = False
-    snap_wp: bool = False     # write-protected only by an MM snapshot (a harness artifact, not the kernel's)
+    snap_wp: bool = False
+    guard: bool = False
 
     @property
     def present(self) -> bool:
@@ -92,9 +97,12 @@ class PTE:
 
     @property
     def none(self) -> bool:
-        """pte_none(): nothing here (a dropped marker counts as none)."""
-        return self.frame is None and self.swap_slot is None
+        """pte_none(): nothing here (a dropped marker counts as none, a guard
+        marker does not)."""
+        return self.frame is None and self.swap_slot is None and not self.guard
 
 
 # The marker PTE left behind by dropping a droppable page.
 DROPPED_PTE = PTE(None, False, None, True)
+# The guard-region marker (PTE_MARKER_GUARD); one shared immutable object.
+GUARD_PTE = PTE(None, False, guard=True)

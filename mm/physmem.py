@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Optional
 
 from .flags import (OVERCOMMIT_ALWAYS, OVERCOMMIT_GUESS, OVERCOMMIT_NEVER, PAGE_SIZE,
                     SWAP_CLUSTER_MAX)
+from .kconfig import KernelConfig, host_kernel_config
 from .page import PTE, Frame
 from .stages import FaultStage
 from .stats import PhysStats
@@ -27,12 +28,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class PhysMem:
     def __init__(self, memory_pages: int, swap_pages: int = 0, overcommit_memory: int = 0,
-                 overcommit_ratio: int = 50) -> None:
+                 overcommit_ratio: int = 50, *, kconfig: Optional[KernelConfig] = None) -> None:
         if memory_pages <= 0:
             raise ValueError("memory_pages must be positive")
         if overcommit_memory not in (OVERCOMMIT_GUESS, OVERCOMMIT_ALWAYS, OVERCOMMIT_NEVER):
             raise ValueError("overcommit_memory must be 0, 1 or 2")
         self.memory_pages = memory_pages
+        # The kernel's build options are system-wide, like the memory itself.
+        self.kconfig = kconfig if kconfig is not None else host_kernel_config()
         self.swap = SwapArea(swap_pages)
         self.overcommit_memory = overcommit_memory
         self.overcommit_ratio = overcommit_ratio

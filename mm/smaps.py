@@ -10,34 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .flags import (PAGE_SIZE, VM_ACCOUNT, VM_ARCH_1, VM_DONTCOPY, VM_DONTDUMP,
-                    VM_DONTEXPAND, VM_DROPPABLE, VM_EXEC, VM_GROWSDOWN, VM_HUGEPAGE,
-                    VM_HUGETLB, VM_IO, VM_LOCKED, VM_LOCKONFAULT, VM_MAYEXEC, VM_MAYREAD,
-                    VM_MAYSHARE, VM_MAYWRITE, VM_MERGEABLE, VM_MIXEDMAP, VM_NOHUGEPAGE,
-                    VM_NORESERVE, VM_PFNMAP, VM_RAND_READ, VM_READ, VM_SEALED, VM_SEQ_READ,
-                    VM_SHADOW_STACK, VM_SHARED, VM_SOFTDIRTY, VM_SYNC, VM_UFFD_MINOR,
-                    VM_UFFD_MISSING, VM_UFFD_WP, VM_WIPEONFORK, VM_WRITE)
+from .flags import (PAGE_SIZE, VM_EXEC, VM_FLAG_MNEMONICS, VM_LOCKED, VM_MAYSHARE,
+                    VM_READ, VM_WRITE, vm_flags_str)
+
+__all__ = ["VM_FLAG_MNEMONICS", "vm_flags_str", "vma_header", "vma_usage", "smaps"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mm_struct import MM
-
-# Two-letter VmFlags mnemonics, in bit order as the kernel prints them.
-VM_FLAG_MNEMONICS: dict[int, str] = {
-    VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh",
-    VM_MAYREAD: "mr", VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms",
-    VM_GROWSDOWN: "gd", VM_UFFD_MISSING: "um", VM_PFNMAP: "pf", VM_UFFD_WP: "uw",
-    VM_LOCKED: "lo", VM_IO: "io", VM_SEQ_READ: "sr", VM_RAND_READ: "rr",
-    VM_DONTCOPY: "dc", VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac",
-    VM_NORESERVE: "nr", VM_HUGETLB: "ht", VM_SYNC: "sf", VM_ARCH_1: "ar",
-    VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd", VM_SOFTDIRTY: "sd", VM_MIXEDMAP: "mm",
-    VM_HUGEPAGE: "hg", VM_NOHUGEPAGE: "nh", VM_MERGEABLE: "mg",
-    VM_SHADOW_STACK: "ss", VM_UFFD_MINOR: "ui", VM_DROPPABLE: "dp", VM_SEALED: "sl",
-}
-
-
-def vm_flags_str(vm_flags: int) -> str:
-    """'rd wr mr mw me ac' for vm_flags."""
-    return " ".join(m for bit, m in sorted(VM_FLAG_MNEMONICS.items()) if vm_flags & bit)
 
 
 def vma_header(vma) -> str:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from .flags import (EINVAL, ENOMEM, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, VM_DONTDUMP,
                     VM_DONTEXPAND, VM_IO, VM_MAYREAD, VM_MAYWRITE, VM_NORESERVE, VM_READ,
-                    VM_SOFTDIRTY, VM_WIPEONFORK, VM_WRITE, page_align)
+                    VM_WIPEONFORK, VM_WRITE, page_align)
 from .page import PTE, ZERO_BYTES
 from .vma import VMA
 
@@ -72,7 +72,7 @@ def install_special_mapping(mm: "MM", length: int, vm_flags: int = PINNED_VM_FLA
     if addr < 0:
         return addr
     assert not addr & ~PAGE_MASK
-    vma = VMA(addr, addr + length, vm_flags | VM_SOFTDIRTY, name)
+    vma = VMA(addr, addr + length, vm_flags | mm.phys.kconfig.vm_softdirty, name)
     mm.vma_tree.insert(vma)
     mm.mark_changed(addr, addr + length)
     err = populate_special_mapping(mm, mm.find_vma(addr))

@@ -8,7 +8,7 @@ from typing import Optional
 from .flags import (PAGE_SHIFT, PROT_EXEC, PROT_READ, PROT_WRITE, VM_ACCOUNT,
                     VM_DONTCOPY, VM_DONTDUMP, VM_DROPPABLE, VM_EXEC, VM_LOCKED,
                     VM_LOCKONFAULT, VM_MAYWRITE, VM_NORESERVE, VM_READ, VM_SHARED,
-                    VM_SOFTDIRTY, VM_SPECIAL, VM_WIPEONFORK, VM_WRITE)
+                    VM_SPECIAL, VM_STICKY, VM_WIPEONFORK, VM_WRITE, vm_flags_str)
 
 
 @dataclass
@@ -90,17 +90,16 @@ class VMA:
         return replace(self, **changes)
 
     def __repr__(self) -> str:  # compact, kernel-ish
-        from .smaps import vm_flags_str
         n = f" {self.name}" if self.name else ""
         return f"VMA({self.start:#x}-{self.end:#x} [{vm_flags_str(self.vm_flags)}]{n})"
 
 
 def can_merge(a: VMA, b: VMA) -> bool:
     """is_mergeable_vma() for two adjacent anonymous VMAs, a directly below b:
-    same flags apart from VM_SOFTDIRTY, same anon name, compatible anon_vma, and
-    nothing VM_SPECIAL."""
+    same flags apart from the sticky ones (VM_SOFTDIRTY, VM_MAYBE_GUARD), same anon
+    name, compatible anon_vma, and nothing VM_SPECIAL."""
     return (a.end == b.start
-            and ((a.vm_flags ^ b.vm_flags) & ~VM_SOFTDIRTY) == 0
+            and ((a.vm_flags ^ b.vm_flags) & ~VM_STICKY) == 0
             and not (a.vm_flags & VM_SPECIAL)
             and a.name == b.name
             and (a.anon_vma is None or b.anon_vma is None or a.anon_vma == b.anon_vma))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 from typing import Iterator, Optional
 
-from .flags import PAGE_SIZE
+from .flags import PAGE_SIZE, VM_STICKY
 from .vma import VMA, can_merge
 
 
@@ -96,6 +96,7 @@ class VmaTree:
                 break
             if can_merge(a, b):
                 a.end = b.end
+                a.vm_flags |= b.vm_flags & VM_STICKY   # sticky flags survive a merge
                 if a.anon_vma is None:
                     a.anon_vma = b.anon_vma
                 del self._vmas[i + 1]

@@ -9,7 +9,8 @@ import random
 import pytest
 
 from mm import (FAULT_FLAG_USER, FAULT_FLAG_WRITE, MADV_DODUMP, MADV_DONTFORK,
-                MADV_DONTNEED, MADV_FREE, MADV_KEEPONFORK, MADV_PAGEOUT, MADV_WIPEONFORK,
+                MADV_DONTNEED, MADV_FREE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
+                MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, MADV_KEEPONFORK, MADV_PAGEOUT, MADV_WIPEONFORK,
                 MAP_ANONYMOUS, MAP_DROPPABLE, MAP_FIXED, MAP_PRIVATE, MCL_CURRENT, MCL_FUTURE,
                 MM, PAGE_SIZE, PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, VM_LOCKED,
                 PhysMem)
@@ -120,7 +121,7 @@ def test_random_walk_changes_exhaustive_and_books_balance(seed):
     for step in range(1500):
         live = [m for m in mms if not m.dead]
         mm = rnd.choice(live)
-        op = rnd.randrange(20)
+        op = rnd.randrange(22)
         page = BASE + rnd.randrange(48) * PAGE_SIZE
         n = rnd.randint(1, 6) * PAGE_SIZE
         if op == 0:
@@ -174,6 +175,18 @@ def test_random_walk_changes_exhaustive_and_books_balance(seed):
             phys.shrink(rnd.randint(1, 8))
         elif op == 19:
             mm.droppable_oom = rnd.choice(["skip", "retry"])
+        elif op == 20:
+            flags = rnd.choice([0, MREMAP_MAYMOVE, MREMAP_MAYMOVE | MREMAP_FIXED,
+                                MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP])
+            new_len = n if flags & MREMAP_DONTUNMAP else rnd.randint(1, 6) * PAGE_SIZE
+            target = BASE + rnd.randrange(48) * PAGE_SIZE
+            # DONTUNMAP of a locked VMA leaves locked_vm high, as the kernel does
+            # (test_mm_mremap.py); the books below assume it balances.
+            if not (flags & MREMAP_DONTUNMAP and any(
+                    v.vm_flags & VM_LOCKED for v in mm.vma_tree.overlapping(page, page + n))):
+                mm.mremap(page, n, new_len, flags, target)
+        elif op == 21:
+            mm.madvise(page, n, rnd.choice([MADV_GUARD_INSTALL, MADV_GUARD_REMOVE]))
 
         check_books(phys, mms)
         for e in emus.values():

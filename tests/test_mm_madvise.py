@@ -2,11 +2,12 @@
 
 import pytest
 
-from mm import (EINVAL, ENOMEM, EPERM, MADV_DODUMP, MADV_DOFORK, MADV_DONTDUMP,
-                MADV_DONTFORK, MADV_DONTNEED, MADV_HWPOISON, MADV_KEEPONFORK,
-                MADV_POPULATE_READ, MADV_POPULATE_WRITE, MADV_WIPEONFORK, MAP_ANONYMOUS,
-                MAP_DROPPABLE, MAP_FIXED, MAP_PRIVATE, MM, PAGE_SIZE, PROT_READ, PROT_WRITE,
-                VM_DONTCOPY, VM_DONTDUMP, VM_WIPEONFORK, PhysMem)
+from mm import (EFAULT, EINVAL, ENOMEM, EPERM, MADV_DODUMP, MADV_DOFORK, MADV_DONTDUMP,
+                MADV_DONTFORK, MADV_DONTNEED, MADV_GUARD_INSTALL, MADV_HWPOISON,
+                MADV_KEEPONFORK, MADV_MERGEABLE, MADV_POPULATE_READ, MADV_POPULATE_WRITE,
+                MADV_UNMERGEABLE, MADV_WIPEONFORK, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_FIXED,
+                MAP_PRIVATE, MM, PAGE_SIZE, PROT_READ, PROT_WRITE, VM_DONTCOPY, VM_DONTDUMP,
+                VM_MERGEABLE, VM_WIPEONFORK, PhysMem)
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -94,3 +95,34 @@ def test_populate_advice(mm):
     mm.phys.fail_allocations(persistent=True)
     b = mm.mmap(0, PAGE_SIZE, RW, ANON)
     assert mm.madvise(b, PAGE_SIZE, MADV_POPULATE_WRITE) == -ENOMEM
+
+
+def test_populate_errnos_follow_the_kernel(mm):
+    """6.18: a VMA the access is not allowed in is -EINVAL (not -EFAULT), a hole
+    -ENOMEM after the mapped part before it was populated, a guard page -EFAULT."""
+    r = mm.mmap(0, 2 * PAGE_SIZE, PROT_READ, DROP)
+    n = mm.mmap(0, 2 * PAGE_SIZE, 0, DROP)
+    assert mm.madvise(r, 2 * PAGE_SIZE, MADV_POPULATE_WRITE) == -EINVAL
+    assert mm.madvise(n, 2 * PAGE_SIZE, MADV_POPULATE_READ) == -EINVAL
+    assert mm.madvise(r, 2 * PAGE_SIZE, MADV_POPULATE_READ) == 0
+    a = mm.mmap(0x10000000, 2 * PAGE_SIZE, RW, ANON | MAP_FIXED)
+    assert mm.madvise(a, 3 * PAGE_SIZE, MADV_POPULATE_WRITE) == -ENOMEM
+    assert mm.pte(a).writable and mm.pte(a + PAGE_SIZE).writable
+    assert mm.madvise(a + PAGE_SIZE, PAGE_SIZE, MADV_GUARD_INSTALL) == 0
+    assert mm.madvise(a, 2 * PAGE_SIZE, MADV_POPULATE_READ) == -EFAULT
+
+
+def test_ksm_advice(mm):
+    """MADV_MERGEABLE sets VM_MERGEABLE ("mg") where KSM may merge; on droppable
+    (and special) VMAs it is accepted and ignored, as vma_ksm_compatible() says."""
+    d = mm.mmap(0, 2 * PAGE_SIZE, RW, DROP)
+    before = mm.find_vma(d).vm_flags
+    assert mm.madvise(d, 2 * PAGE_SIZE, MADV_MERGEABLE) == 0
+    assert mm.madvise(d, 2 * PAGE_SIZE, MADV_UNMERGEABLE) == 0
+    assert mm.find_vma(d).vm_flags == before
+    a = mm.mmap(0, 2 * PAGE_SIZE, RW, ANON)
+    assert mm.madvise(a, PAGE_SIZE, MADV_MERGEABLE) == 0
+    assert mm.find_vma(a).vm_flags & VM_MERGEABLE
+    assert not mm.find_vma(a + PAGE_SIZE).vm_flags & VM_MERGEABLE
+    assert mm.madvise(a, PAGE_SIZE, MADV_UNMERGEABLE) == 0
+    assert mm.find_vma(a).end == a + 2 * PAGE_SIZE              # merged back

@@ -84,17 +84,25 @@ def test_mlockall_current_skips_droppable():
     assert mm.munlockall() == 0 and mm.locked_vm == 0
 
 
-def test_mcl_future_locks_new_mappings_but_not_droppable_ones():
+@pytest.mark.parametrize("mcl", [MCL_FUTURE, MCL_FUTURE | MCL_ONFAULT])
+def test_mcl_future_droppable_follows_the_kernels_order(mcl):
+    """do_mmap builds vm_flags with def_flags: VM_LOCKED is there for the
+    RLIMIT_MEMLOCK check and the populate decision; only the last step of
+    mmap_region drops it from the droppable VMA (tests/test_mm_probes.py
+    mcl_* and unpriv_* check the same against the host)."""
     mm = new_mm(limit_pages=4)
-    assert mm.mlockall(MCL_FUTURE) == 0
+    assert mm.mlockall(mcl) == 0
     a = mm.mmap(0, 2 * PAGE_SIZE, RW, ANON)
     assert mm.find_vma(a).vm_flags & VM_LOCKED and mm.locked_vm == 2
-    assert mm.pte(a).writable                                   # populated like mlock
-    d = mm.mmap(0, 8 * PAGE_SIZE, RW, DROP)                     # beyond the limit: still ok
+    assert (mm.pte(a) is not None) == (not mcl & MCL_ONFAULT)   # populated unless on-fault
+    assert mm.mmap(0, 8 * PAGE_SIZE, RW, DROP) == -EAGAIN       # 2 + 8 > 4: refused
+    d = mm.mmap(0, 2 * PAGE_SIZE, RW, DROP)                     # 2 + 2 <= 4: fine
     assert d > 0
     v = mm.find_vma(d)
     assert not v.vm_flags & (VM_LOCKED | VM_LOCKONFAULT) and mm.locked_vm == 2
-    assert mm.pte(d) is None                                    # not populated either
+    assert mm.pte(d).writable and mm.pte(d + PAGE_SIZE).writable   # populated, even ONFAULT
+    d2 = mm.mmap(0, 2 * PAGE_SIZE, RW, DROP)                    # droppable ones never count
+    assert d2 > 0 and mm.locked_vm == 2
     assert mm.mmap(0, 3 * PAGE_SIZE, RW, ANON) == -EAGAIN       # plain ones still limited
 
 

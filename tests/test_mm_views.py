@@ -4,6 +4,7 @@ import re
 
 from mm import (MADV_DONTDUMP, MAP_ANONYMOUS, MAP_DROPPABLE, MAP_PRIVATE, MM, PAGE_SIZE,
                 PROT_READ, PROT_WRITE, VM_DROPPABLE, PhysMem)
+from mm.kconfig import KernelConfig, host_kernel_config
 from mm.smaps import vm_flags_str
 
 RW = PROT_READ | PROT_WRITE
@@ -11,8 +12,9 @@ ANON = MAP_PRIVATE | MAP_ANONYMOUS
 DROP = MAP_DROPPABLE | MAP_ANONYMOUS
 
 
-def new_mm(pages=64, swap=0):
-    return MM(PhysMem(pages, swap_pages=swap, overcommit_memory=1))
+def new_mm(pages=64, swap=0, soft_dirty=False):
+    kconfig = KernelConfig(mem_soft_dirty=soft_dirty)
+    return MM(PhysMem(pages, swap_pages=swap, overcommit_memory=1, kconfig=kconfig))
 
 
 def test_coredump_excludes_droppable():
@@ -82,7 +84,7 @@ def test_smaps_plain_mapping_flags_lo_ac_and_counters():
     mm.mlock(a, 2 * PAGE_SIZE)
     child = mm.dup_mm()
     text = mm.smaps()
-    assert "VmFlags: rd wr mr mw me lo ac sd \n" in text
+    assert "VmFlags: rd wr mr mw me lo ac \n" in text
     assert re.search(r"^Shared_Dirty:\s+8 kB$", text, re.M)
     assert re.search(r"^Pss:\s+4 kB$", text, re.M)
     assert re.search(r"^Locked:\s+4 kB$", text, re.M)
@@ -103,3 +105,48 @@ def test_anon_vma_name_in_smaps_and_split():
     assert line.endswith("[anon:vgetrandom]")
     assert mm.set_vma_name(a + PAGE_SIZE, PAGE_SIZE, "") == 0 and len(mm.vmas) == 1
     assert mm.set_vma_name(a, PAGE_SIZE, "bad$name") == -22
+
+
+def test_soft_dirty_is_a_kernel_configuration_switch():
+    """CONFIG_MEM_SOFT_DIRTY: every new VMA is 'sd' when set, none ever is when not;
+    the flag does not stop merges and survives them (VM_STICKY)."""
+    on, off = new_mm(soft_dirty=True), new_mm(soft_dirty=False)
+    for mm in (on, off):
+        a = mm.mmap(0, 2 * PAGE_SIZE, RW, ANON)
+        mm.mprotect(a, PAGE_SIZE, PROT_READ)
+        mm.mprotect(a, PAGE_SIZE, RW)
+        assert len(mm.vmas) == 1
+        d = mm.mmap(0, PAGE_SIZE, RW, DROP)
+        flags = [vm_flags_str(mm.find_vma(x).vm_flags).split() for x in (a, d)]
+        assert all(("sd" in f) == (mm is on) for f in flags)
+    assert on.phys.kconfig.describe() == {"CONFIG_MEM_SOFT_DIRTY": True, "source": "explicit"}
+
+
+def test_default_kernel_config_follows_the_host():
+    """The default is what a fresh mapping of this very process shows."""
+    import mmap as pymmap
+    import ctypes
+    cfg = host_kernel_config()
+    assert PhysMem(4).kconfig is cfg
+    m = pymmap.mmap(-1, PAGE_SIZE)
+    buf = ctypes.c_char.from_buffer(m)
+    addr = ctypes.addressof(buf)
+    del buf
+    try:
+        text = open("/proc/self/smaps").read()
+    except OSError:
+        assert cfg.source.startswith("default")
+        return
+    finally:
+        m.close()
+    block = None
+    for line in text.splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            block = lo <= addr < hi
+        elif block and line.startswith("VmFlags:"):
+            assert ("sd" in line.split()) == cfg.mem_soft_dirty
+            assert cfg.source.startswith("host")
+            return
+    raise AssertionError("mapping not found in /proc/self/smaps")
