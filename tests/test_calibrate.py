@@ -26,7 +26,8 @@ def measured():
 
 
 def test_native_measurements_are_sane(measured):
-    from emulator.calibrate.measure import VDSO_SIZES, check_measurements
+    from emulator.calibrate.measure import check_measurements
+    from emulator.calibrate.native_vdso import VDSO_SIZES
     assert check_measurements(measured) == []
     v = measured["vdso"]
     assert measured["vdso_image"] in ("host", "builtin")
@@ -46,7 +47,8 @@ def test_native_measurements_are_sane(measured):
 
 
 def test_the_fitted_profile_is_written_atomically_and_loads(measured, tmp_path):
-    from emulator.calibrate.measure import dump_toml, fit_profile, write_atomic
+    from emulator.calibrate.fit import fit_profile
+    from emulator.calibrate.output import dump_toml, write_atomic
     from emulator.cycles.profile import load_profile
     sec, com = fit_profile(measured, name="t")
     out = tmp_path / "cal.toml"
@@ -71,7 +73,9 @@ def test_calibrate_refuses_nonsense_measurements():
 
 
 def test_the_builtin_image_runs_natively_or_says_why():
-    from emulator.calibrate.measure import Harness, Mapping, builtin_native_vdso
+    from emulator.calibrate.harness import Harness
+    from emulator.calibrate.native import Mapping
+    from emulator.calibrate.native_vdso import builtin_native_vdso
     try:
         v = builtin_native_vdso()
     except FaultpathError as e:

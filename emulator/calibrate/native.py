@@ -1,4 +1,5 @@
-"""Run machine code natively on this CPU: an executable mmap plus ctypes.
+"""Run machine code natively on this CPU: an executable mmap plus ctypes, and
+real mappings of this process to run it on.
 
 No compiler is involved: the bytes (for instance keystone output from asm/)
 are copied into an anonymous mapping, which is then made read+execute, and
@@ -9,14 +10,27 @@ same bytes in Unicorn.
 Only position-independent code can run this way: the mapping lands wherever
 the kernel puts it, not at VDSO_BASE, so code with absolute references (or
 RIP-relative references outside itself, like vdso_rng_data) must not be
-called natively.
+called natively.  Mapping is a real mmap() of this process (anonymous,
+droppable, a memfd, or at a fixed address) for such code to work on.
 """
 from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 
 from emulator.errors import FaultpathError
+
+PAGE = 4096
+
+MAP_PRIVATE = 0x02
+MAP_ANONYMOUS = 0x20
+MAP_DROPPABLE = 0x08
+MAP_FIXED_NOREPLACE = 0x100000
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MADV_DONTNEED = 4
+MADV_NOHUGEPAGE = 15
+MADV_PAGEOUT = 21
 
 
 class NativeCode:
@@ -51,3 +65,51 @@ class NativeCode:
         f = proto(self.address + offset)
         self._funcs.append(f)
         return f
+
+
+def libc():
+    """This process's libc through ctypes, with the prototypes the mappings use."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.getauxval.restype = ctypes.c_ulong
+    libc.getauxval.argtypes = [ctypes.c_ulong]
+    return libc
+
+
+class Mapping:
+    """A real mmap() of this process (ctypes), unmapped on close."""
+
+    def __init__(self, length: int, prot: int = PROT_READ | PROT_WRITE, flags: int = MAP_PRIVATE | MAP_ANONYMOUS,
+                 fd: int = -1, addr: int = 0, nohuge: bool = True):
+        self.libc = libc()
+        self.length = length
+        a = self.libc.mmap(addr or None, length, prot, flags, fd, 0)
+        if a is None or a == ctypes.c_void_p(-1).value:
+            err = ctypes.get_errno()
+            raise FaultpathError(f"native: mmap(len={length}, flags={flags:#x}) failed: {os.strerror(err)}")
+        if addr and a != addr:
+            self.libc.munmap(a, length)
+            raise FaultpathError(f"native: mmap at {addr:#x} landed at {a:#x}")
+        self.addr = a
+        if nohuge and not fd >= 0:
+            self.libc.madvise(a, length, MADV_NOHUGEPAGE)
+
+    def madvise(self, advice: int, off: int = 0, length: int | None = None) -> int:
+        return self.libc.madvise(self.addr + off, self.length - off if length is None else length, advice)
+
+    def close(self) -> None:
+        if self.addr:
+            self.libc.munmap(self.addr, self.length)
+            self.addr = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+

@@ -14,7 +14,6 @@ natively: the same code run in the emulator with a profile.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import statistics
 import subprocess
@@ -27,7 +26,7 @@ _SNIPPETS = {
     "sys_getrandom": "mov eax, 0x13e\nsyscall\nret\n",
 }
 
-# The native harness loop of emulator/calibrate/measure.py (time_calls), as two blocks.
+# The native harness loop of emulator/calibrate/harness.py (time_calls), as two blocks.
 _HARNESS_CALL = """
     mov rdi, qword ptr [r12 + 8]
     mov rsi, qword ptr [r12 + 16]
@@ -85,7 +84,7 @@ def _mmap(m, length: int, droppable: bool = False) -> int:
 
 
 def predict_vdso(image, profile: str | Profile, sizes, quick: bool = False) -> dict[int, float]:
-    from emulator.calibrate.measure import vdso_period
+    from emulator.calibrate.native_vdso import vdso_period
     from emulator.kernel import Kernel
     from emulator.machine import Machine
     from emulator.libc import VgetrandomCaller
@@ -230,23 +229,6 @@ def chacha_block_cost(image, profile: str | Profile) -> float | None:
         return None
     lo, hi = min(c), max(c)
     return (c[hi] - c[lo]) / (hi - lo)
-
-
-def fit_window_uops(image, profile: Profile, measured_per_block: float) -> float | None:
-    """core.window_uops that makes the emulated ChaCha20 block cost what was measured."""
-    from emulator.cycles.blocks import analyse_code
-    lp = chacha_loop(image)
-    if lp is None or not measured_per_block:
-        return None
-    no_win = dataclasses.replace(profile, core={**profile.core, "window_uops": 0})
-    pred = chacha_block_cost(image, no_win)
-    t = analyse_code(lp[0], lp[1], no_win)
-    if pred is None or t.bound != "recurrence":
-        return None
-    uops = sum(t.detail["ports"].values())
-    credit = (pred - measured_per_block) / profile.tsc_per_core_cycle
-    credit = max(0.0, min(credit, t.recurrence))
-    return credit * uops / t.recurrence
 
 
 def llvm_mca_chacha_block(image, tsc_per_core: float) -> tuple[float, str] | None:

@@ -160,7 +160,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import os
     import tempfile
 
-    from emulator.calibrate.measure import check_measurements, dump_toml, fit_profile, measure_all, write_atomic
+    from emulator.calibrate.fit import fit_profile
+    from emulator.calibrate.measure import check_measurements, measure_all
+    from emulator.calibrate.output import dump_toml, write_atomic
     from emulator.cycles.profile import load_profile
     log = (lambda s: print(f"  measuring {s} ...", file=sys.stderr)) if not args.json else None
     profiles = list(args.profile or default_profiles())

@@ -27,7 +27,7 @@ def register(sub, parser_class) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     import os
 
-    from emulator.calibrate.measure import calibrate
+    from emulator.calibrate.output import calibrate
     out = args.output or default_output()
     d = os.path.dirname(os.path.abspath(out))
     os.makedirs(d, exist_ok=True)
