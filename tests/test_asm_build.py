@@ -1,4 +1,5 @@
-"""vdso/asm_build.py: images, symbols, file:line errors, the faithfulness
+"""vdso/asm_build.py and its parts (asm_source, keystone_run, asm_program,
+faithful): images, symbols, file:line errors, the faithfulness
 check, and keystone's quirks (radix, RIP-relative symbols, crashes)."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_OP_MEM, X86_REG_RIP
 
 import vdso.asm_build as asm_build
+from vdso import keystone_run
 from emulator.errors import AssemblyError, FaultpathError, UnfaithfulInstruction
 from vdso.asm_build import assemble_snippet, build_image, check_faithful
 from vdso.image import ABI_6_11, ABI_V14, PAGE_SIZE, RNG_DATA_OFFSET_6_15, VDSO_BASE
@@ -232,13 +234,13 @@ def test_bad_paths(tmp_path):
 
 
 def test_keystone_crash_becomes_an_assembly_error(tmp_path, monkeypatch):
-    real = asm_build._ks_asm
+    real = keystone_run.ks_asm
 
     def crashing(text, addr):
         if "int3" in text:
             ctypes.string_at(0)                           # SIGSEGV, like keystone on `.text`
         return real(text, addr)
-    monkeypatch.setattr(asm_build, "_ks_asm", crashing)
+    monkeypatch.setattr(keystone_run, "ks_asm", crashing)
     path = _write(tmp_path, "crash.s", "f:\n    nop\n    nop\n    int3\n    ret\n")
     with pytest.raises(AssemblyError, match=rf"^{re.escape(path)}:4: keystone crashed \(SIGSEGV\)"):
         build_image(path)
