@@ -1,4 +1,4 @@
-"""The oracle has teeth: every mutant of asm/vgetrandom.s (asm/mutants/*.s,
+"""The oracle has teeth: every mutant of asm/vgetrandom.s (asm/mutants/*.patch,
 each removing exactly one safety property) is killed by the invariant it was
 designed to break, while the unmutated code passes the same sweep."""
 from __future__ import annotations

@@ -205,7 +205,7 @@ def test_cli_sweep_json_and_exit_status(tmp_path, capsys):
         assert rc == 2 and err.count("\n") == 1 and err.startswith("faultpath: error:"), (argv, err)
 
 
-MUTANT = str(ASM_DIR / "mutants" / "no_final_recheck.s")
+MUTANT = str(ASM_DIR / "mutants" / "no_final_recheck.patch")
 
 
 def test_cli_exit_1_and_a_reproduction_that_reproduces(tmp_path, capsys):

@@ -5,6 +5,8 @@
     build_image("path/to/x.s")    a user's file (our ChaCha20 is linked in when the
                                   file calls __arch_chacha20_blocks_nostack without
                                   defining it; `.S` is accepted but not run through cpp)
+    build_image("path/to/x.patch") a built-in image with a unified diff over its
+                                  asm/ sources applied: the mutants (vdso/mutants.py)
     assemble_snippet(src, addr)   plain bytes, for other code that needs keystone
     check_faithful(code, addr)    refuse code Unicorn 2.1 cannot run faithfully
 
@@ -18,6 +20,7 @@ The jobs are split by module:
     vdso/keystone_run.py  keystone itself: its quirks, crashes in a child
     vdso/asm_program.py   assembling lines: offsets, labels, the failing line
     vdso/faithful.py      the capstone check of what was assembled
+    vdso/mutants.py       patches over asm/ (the mutants), with vdso/unidiff.py
 This module puts them together into images and keeps the built-in ones cached.
 """
 from __future__ import annotations
@@ -28,11 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vdso.asm_program import Program, locate_crash
-from vdso.asm_source import ASM_DIR, PROJECT_DIR, parse, read_source
+from vdso.asm_source import ASM_DIR, PROJECT_DIR, Source, parse, read_source
 from vdso.errors import AssemblyError
 from vdso.faithful import check_faithful, decode_range
 from vdso.image import ABI_6_11, ABI_V14, PAGE_SIZE, RNG_DATA_OFFSET_6_15, VDSO_BASE, VdsoImage
 from vdso.keystone_run import isolated
+from vdso.mutants import PATCH_SUFFIX, patched_sources
 
 __all__ = ["build_image", "assemble_snippet", "check_faithful", "ASM_DIR", "PROJECT_DIR", "BUILDS"]
 
@@ -62,8 +66,9 @@ _builtin_cache: dict[str, tuple[tuple, VdsoImage]] = {}
 
 
 def build_image(kind_or_path: str, abi: str | None = None) -> VdsoImage:
-    """Assemble a built-in image ("builtin", "builtin-v14") or a user's `.s`
-    file into a VdsoImage mapped at VDSO_BASE.
+    """Assemble a built-in image ("builtin", "builtin-v14"), a user's `.s`
+    file or a `.patch` over asm/ (a mutant) into a VdsoImage mapped at
+    VDSO_BASE.
 
     Raises AssemblyError ("file:line: message") when keystone refuses the
     source and UnfaithfulInstruction ("file:line: ...") for code Unicorn 2.1
@@ -80,14 +85,17 @@ def build_image(kind_or_path: str, abi: str | None = None) -> VdsoImage:
         # A fresh object each time: callers may edit the dicts.
         return dataclasses.replace(img, symbols=dict(img.symbols),
                                    source_lines=dict(img.source_lines))
-    if not kind_or_path.endswith((".s", ".S")):
+    if not kind_or_path.endswith((".s", ".S", PATCH_SUFFIX)):
         raise AssemblyError(f"{kind_or_path}: not an assembly source (expected "
-                            f"{', '.join(BUILDS)} or a path ending in .s)")
+                            f"{', '.join(BUILDS)}, a path ending in .s or a {PATCH_SUFFIX} over asm/)")
     path = Path(kind_or_path)
     if not path.is_file():
         raise AssemblyError(f"{kind_or_path}: no such file")
+    if kind_or_path.endswith(PATCH_SUFFIX):
+        kind, files = _patched_build(path, kind_or_path)
+        return _untrusted(kind_or_path, files, abi or BUILDS[kind].abi)
     files = [read_source(path, display=kind_or_path)]
-    text = files[0][1]
+    text = files[0].text
     if kind_or_path.endswith(".S"):
         # No C preprocessor here; `#define` & co. would silently be comments.
         m = re.search(r"^[ \t]*#[ \t]*(include|define|undef|if|ifdef|ifndef|elif|else|endif|"
@@ -112,7 +120,18 @@ def assemble_snippet(src: str, addr: int, name: str = "<snippet>") -> bytes:
     return Program(parse(name, src), addr).assemble_plain()
 
 
-def _untrusted(name: str, files: list[tuple[str, str]], abi: str) -> VdsoImage:
+def _patched_build(path: Path, display: str) -> tuple[str, list[Source]]:
+    """The first built-in image that assembles every file the patch changes,
+    with those files patched."""
+    patched = patched_sources(path, display)
+    for kind, build in BUILDS.items():
+        if set(patched) <= set(build.sources):
+            return kind, [patched.get(name) or read_source(ASM_DIR / name) for name in build.sources]
+    raise AssemblyError(f"{display}: no built-in image assembles all of "
+                        f"{', '.join(sorted(patched))} together")
+
+
+def _untrusted(name: str, files: list[Source], abi: str) -> VdsoImage:
     """Untrusted source: keystone can crash the process, so assemble in a child."""
     def locate():
         try:
@@ -122,16 +141,16 @@ def _untrusted(name: str, files: list[tuple[str, str]], abi: str) -> VdsoImage:
     return isolated(_build_image, name, files, abi, name=name, locate=locate)
 
 
-def _lines(files: list[tuple[str, str]]):
-    return [ln for display, text in files for ln in parse(display, text)]
+def _lines(files: list[Source]):
+    return [ln for f in files for ln in f.lines()]
 
 
-def _build_image(name: str, files: list[tuple[str, str]], abi: str) -> VdsoImage:
+def _build_image(name: str, files: list[Source], abi: str) -> VdsoImage:
     lines = _lines(files)
     program = Program(lines, VDSO_BASE)
     code, line_offsets, symbols = program.assemble()
     if not code:
-        raise AssemblyError(f"{files[0][0]}: assembles to nothing")
+        raise AssemblyError(f"{files[0].display}: assembles to nothing")
 
     source_lines: dict[int, str] = {}
     marked = sorted(line_offsets)

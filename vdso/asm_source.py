@@ -112,6 +112,18 @@ class SourceLine:
         return f"{self.file}:{self.lineno}"
 
 
+@dataclass(frozen=True)
+class Source:
+    """One source file as the builder takes it.  `origins`, for a patched
+    source, names the (file, line) each of its lines comes from."""
+    display: str
+    text: str
+    origins: tuple[tuple[str, int], ...] | None = None
+
+    def lines(self) -> list["SourceLine"]:
+        return parse(self.display, self.text, list(self.origins) if self.origins else None)
+
+
 def display_name(path: Path) -> str:
     """How a file is named in messages: relative to the project when inside it."""
     try:
@@ -120,11 +132,11 @@ def display_name(path: Path) -> str:
         return str(path)
 
 
-def read_source(path: Path, display: str | None = None) -> tuple[str, str]:
-    """(display name, text) of a source file; AssemblyError if unreadable."""
+def read_source(path: Path, display: str | None = None) -> Source:
+    """A source file as the builder takes it; AssemblyError if unreadable."""
     display = display or display_name(path)
     try:
-        return display, path.read_text(encoding="utf-8")
+        return Source(display, path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise AssemblyError(f"{display}: cannot read: {e}") from None
 

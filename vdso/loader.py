@@ -43,7 +43,7 @@ def _load(spec: str) -> VdsoImage:
     from vdso.elf_image import load_elf, load_host
     if spec == "host":
         return load_host()
-    if spec in BUILTIN_KINDS or spec.endswith(".s") or spec.endswith(".S"):
+    if spec in BUILTIN_KINDS or spec.endswith((".s", ".S", ".patch")):
         if not builtin_available():
             raise ImageError(f"{spec}: the assembler image builder is not available")
         from vdso.asm_build import build_image
@@ -51,5 +51,5 @@ def _load(spec: str) -> VdsoImage:
             raise ImageError(f"{spec}: no such file")
         return build_image(spec)
     if not os.path.exists(spec):
-        raise ImageError(f"{spec}: no such file (expected host, builtin, builtin-v14, a vdso.so or a .s file)")
+        raise ImageError(f"{spec}: no such file (expected host, builtin, builtin-v14, a vdso.so, a .s file or a .patch over asm/)")
     return load_elf(spec)

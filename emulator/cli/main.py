@@ -45,7 +45,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options shared by run, step, gdb, sweep, ..."""
     from emulator.scenarios import describe
     p.add_argument("--image", default=None,
-                   help="host | builtin | builtin-v14 | PATH (vdso.so, or a .s file assembled on the fly)")
+                   help="host | builtin | builtin-v14 | PATH (vdso.so, a .s file assembled on the fly, "
+                        "or a .patch over asm/ such as a mutant)")
     p.add_argument("--size", action="append", help="request size; repeatable, or a comma list")
     p.add_argument("--calls", type=_int, default=None, help="number of calls")
     p.add_argument("--seed", type=_int, default=0, help="entropy seed (same seed, same run)")

@@ -1,5 +1,5 @@
 """`faultpath sweep`: every instruction boundary x every event, judged by the
-oracle; `--mutants` proves the oracle has teeth on asm/mutants/*.s.
+oracle; `--mutants` proves the oracle has teeth on asm/mutants/*.patch.
 
 Exit status: 0 when every run passed (or, with --mutants, every mutant was
 killed), 1 on any violation or crash (a surviving mutant), 2 on bad input."""
@@ -42,7 +42,7 @@ def register(sub, parser_class) -> None:
     p.add_argument("--json", dest="json_path", metavar="PATH", default=None,
                    help="write the full report as JSON to PATH ('-' for stdout)")
     p.add_argument("--mutants", action="store_true",
-                   help="sweep every asm/mutants/*.s instead and show which invariant and event killed each")
+                   help="sweep every asm/mutants/*.patch instead and show which invariant and event killed each")
     p.add_argument("--max-report", type=int, default=30, metavar="N", help="violation groups to print")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -136,9 +136,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------
 
 def mutant_files() -> list[str]:
-    from vdso.asm_build import ASM_DIR
-    d = ASM_DIR / "mutants"
-    return sorted(str(p) for p in d.glob("*.s")) if d.is_dir() else []
+    from vdso.mutants import mutant_files as files
+    return files()
 
 
 def mutant_header(path: str) -> dict:
@@ -213,10 +212,10 @@ def format_mutants(rows: list[dict]) -> str:
 
 def cmd_mutants(args: argparse.Namespace) -> int:
     if args.image is not None:
-        raise UsageError("sweep --mutants: the images are asm/mutants/*.s (drop --image)")
+        raise UsageError("sweep --mutants: the images are asm/mutants/*.patch (drop --image)")
     files = mutant_files()
     if not files:
-        raise UsageError("sweep --mutants: no asm/mutants/*.s found")
+        raise UsageError("sweep --mutants: no asm/mutants/*.patch found")
     rows = run_mutants(args, files)
     out = sys.stderr if args.json_path == "-" else sys.stdout
     print(format_mutants(rows), file=out)
