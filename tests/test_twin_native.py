@@ -199,13 +199,15 @@ def test_drop_then_reenter_defeats_the_guard(native):
     """compare's finding, natively: with the state page dropped, the nested
     call finds in_use == 0, proceeds and zeroes batch bytes the interrupted
     call then copies out.  Without the drop, no boundary hands out a zero
-    word (8-byte zero words occur by chance with probability 2^-64)."""
+    word (8-byte zero words occur by chance with probability 2^-64).
+    compare's configuration (40-byte warm call, 128-byte call, 32-byte handler
+    call), every 3rd boundary."""
     with _twin(128, warm_size=40, nested_size=32, after_size=64) as tw:
         tw.baseline()
         outer = f"call {tw.K} [parent]"
-        plain = tw.sweep(["reenter"])
+        plain = tw.sweep(["reenter"], every=3)
         assert all(r.call(outer).zero_words() == 0 for r in plain)
-        dropped = tw.sweep(["drop+reenter"])
+        dropped = tw.sweep(["drop+reenter"], every=3)
         assert all(e.applied for r in dropped for e in r.events)
         hit = [r for r in dropped if r.call(outer).zero_words()]
         assert hit
@@ -256,3 +258,39 @@ def test_close_leaves_no_process(native):
         tw.run_at(3, "fork")
         assert os.path.exists(f"/proc/{pid}")
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def _oom_unavailable() -> str:
+    from emulator.twin.oom import unavailable
+    return unavailable()
+
+
+def test_oom_persistent_refaults_a_state_store_forever(native):
+    """A memory cgroup limit the state page cannot be charged under, the memcg
+    OOM killer off: 6.11 clears VM_FAULT_OOM on a droppable VMA, so the store
+    refaults without end (a user-mode livelock at a store into the state), and
+    with the limit lifted after 3 failed charges (oom:3) the call completes
+    on the reseed path."""
+    why = _oom_unavailable()
+    if why:
+        pytest.skip(why)
+    import capstone
+    with _twin(64, seconds=0.5) as tw:
+        tw.baseline()
+        L = tw.layout
+        run = tw.run_at(0, "oom")
+        (e,) = run.events
+        assert e.applied, e.detail
+        swept = run.call(f"call {tw.K} [parent]")
+        assert swept.outcome == "livelock", swept.detail
+        assert L.func <= swept.rip < L.vdso_base + L.vdso_size
+        off = swept.rip - L.vdso_base
+        md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+        md.detail = True
+        insn = next(md.disasm(tw.parked.vdso_text[off:off + 15], swept.rip))
+        mem = [op for op in insn.operands if op.type == capstone.x86.X86_OP_MEM]
+        assert mem and insn.mnemonic.startswith("mov") and insn.operands[0].type == capstone.x86.X86_OP_MEM, \
+            f"{insn.mnemonic} {insn.op_str}"
+        run = tw.run_at(0, "oom:3")
+        swept = run.call(f"call {tw.K} [parent]")
+        assert swept.outcome == "returned" and swept.ret == 64 and swept.path() == "reseed"

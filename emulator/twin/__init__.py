@@ -14,9 +14,10 @@ Modules (one job each):
                    tracee, params queried, MAP_DROPPABLE state); calls
   walk.py          architectural single-stepping (rep iterations folded)
   events.py        drop, reseed, reenter, state copy into a fork child
-  oom.py           a memory cgroup around one tracee
+  oom.py           a memory cgroup (v1) around one tracee: oom, oom:K
   engine.py        Twin: baseline, sweep over boundaries x events, run_at
   reentrancy.py    the twin of compare's drop+reenter finding
+  measure.py       boundaries, time per boundary, paths (python -m ...)
   records.py       NativeCall, NativeRun, EventRecord, Baseline
 
 Design choices (measured on this host, 2 vCPUs, Linux 6.18, as root):
@@ -33,8 +34,14 @@ Design choices (measured on this host, 2 vCPUs, Linux 6.18, as root):
 * Reaching boundary i: one walker single-steps the call once; at each
   boundary a fork is injected and the child (state pages copied back over
   the VM_WIPEONFORK wipe) is the process at i.  Cost per (boundary, event)
-  ~0.7 ms (fork, event, run to end, one further call, kill) against ~23 us
-  per single step: re-stepping a prefix costs more than a fork from i > ~30.
+  0.7-2.3 ms (fork, event, run to the end, one further call, kill; the range
+  is this shared machine's load) against 20-50 us per single step:
+  re-stepping a prefix costs more than a fork beyond i ~ 30-100, and the
+  whole sweep is O(n) steps instead of O(n^2).
+* Pinning (Twin(cpu=...)) puts tracer and tracees on one CPU: on an idle
+  machine fork+kill 150 vs 560 us, steps 54k/s vs 22k/s (C); on this shared,
+  loaded machine unpinned was faster (1.0 vs 1.7 ms per run), so the default
+  is unpinned.
 """
 from emulator.twin.engine import EVENTS, Twin, parse_event
 from emulator.twin.errors import TraceeTimeout, TwinError, TwinUnavailable

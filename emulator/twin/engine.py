@@ -56,7 +56,7 @@ def parse_event(name: str) -> list[str]:
 class _Walker:
     t: Tracee
     stepper: Stepper
-    gen: int                      # the generation its state holds (what its warm calls saw)
+    gen: int                      # the kernel's generation when it was made
     regs: object = None
     i: int = 0                    # boundary it stands at
     prefix: list[SyscallObs] = field(default_factory=list)   # syscalls of the swept call before i
@@ -83,7 +83,7 @@ class Twin:
     """One configuration on the running kernel.  Use as a context manager;
     every process it made is killed and reaped on exit."""
 
-    def __init__(self, cfg: TwinConfig, cpu: int | None = -1):
+    def __init__(self, cfg: TwinConfig, cpu: int | None = None):
         self.cfg = cfg
         self.cpu = min(os.sched_getaffinity(0)) if cpu == -1 else cpu
         self._pin = pinned(self.cpu)
@@ -117,16 +117,26 @@ class Twin:
 
     # ---- walkers -------------------------------------------------------------------
     def _new_walker(self) -> tuple[_Walker, list[NativeCall]]:
-        t, warm = self.parked.walker()
-        state = self.caller.state_bytes(t)
-        gen = int.from_bytes(state[STATE_GENERATION:STATE_GENERATION + 8], "little")
-        w = _Walker(t, Stepper(t, self.cache), gen)
-        t.step()                                  # the caller's `call`: not part of the call's count
-        w.regs = t.regs()
-        if w.regs.rip != self.layout.func:
-            t.kill()
-            raise TwinError(f"walker {t.pid}: after the call, rip {w.regs.rip:#x} is not __vdso_getrandom")
-        return w, warm
+        """A walker at boundary 0.  Its generation is the kernel's when it was
+        made; a warm state holding another one (the crng reseeded between the
+        warm call and now) would send the swept call down the reseed path, so
+        such a walker is refused and made again."""
+        for _ in range(WALKER_RETRIES):
+            t, warm = self.parked.walker()
+            gen = self.generation()
+            state = self.caller.state_bytes(t)
+            sgen = int.from_bytes(state[STATE_GENERATION:STATE_GENERATION + 8], "little")
+            if sgen not in (0, gen):
+                t.kill()
+                continue
+            w = _Walker(t, Stepper(t, self.cache), gen)
+            t.step()                              # the caller's `call`: not part of the call's count
+            w.regs = t.regs()
+            if w.regs.rip != self.layout.func:
+                t.kill()
+                raise TwinError(f"walker {t.pid}: after the call, rip {w.regs.rip:#x} is not __vdso_getrandom")
+            return w, warm
+        raise TwinError("the kernel's generation kept moving: no stable walker")
 
     def _advance(self, w: _Walker) -> None:
         w.regs, sc = w.stepper.step(w.regs)
@@ -197,10 +207,12 @@ class Twin:
         return c
 
     # ---- sweeping ------------------------------------------------------------------
-    def sweep(self, events: list[str], start: int = 0, stop: int | None = None, emit=None) -> list[NativeRun]:
-        """Runs for every boundary in [start, stop) (default: 0..n inclusive,
-        n meaning after the return) and every event.  emit(run) is called as
-        each run completes; the runs are also returned (unless emit is given)."""
+    def sweep(self, events: list[str], start: int = 0, stop: int | None = None, emit=None,
+              every: int = 1) -> list[NativeRun]:
+        """Runs for every `every`-th boundary in [start, stop) (default: 0..n
+        inclusive, n meaning after the return) and every event.  emit(run) is
+        called as each run completes; the runs are also returned (unless emit
+        is given)."""
         for e in events:
             parse_event(e)
         if self.base is None:
@@ -211,10 +223,11 @@ class Twin:
         sink = emit or out.append
         local = [e for e in events if "reseed" not in parse_event(e)]
         glob = [e for e in events if "reseed" in parse_event(e)]
+        points = range(start, stop, max(1, every))
         if local:
-            self._walk(local, start, stop, sink, park=False)
+            self._walk(local, points, sink, park=False)
         if glob:
-            self._walk(glob, start, stop, sink, park=True)
+            self._walk(glob, points, sink, park=True)
         return out
 
     def run_at(self, i: int, event: str) -> NativeRun:
@@ -223,11 +236,11 @@ class Twin:
         self.sweep([event], i, i + 1, out.append)
         return out[0]
 
-    def _walk(self, events: list[str], start: int, stop: int, sink, park: bool) -> None:
+    def _walk(self, events: list[str], points: range, sink, park: bool) -> None:
         w: _Walker | None = None
         held: list[tuple[NativeRun, Tracee, list[SyscallObs]]] = []
         try:
-            for i in range(start, stop):
+            for i in points:
                 w = self._walker_at(w, i)
                 for e in events:
                     parts = parse_event(e)
@@ -277,6 +290,19 @@ class Twin:
         return ""
 
     # ---- one run -------------------------------------------------------------------
+    def _bounded(self, t: Tracee, limiter, make_call) -> NativeCall:
+        """Run a call; under an active memory limit, a call that hits the time
+        bound is a livelock: say where it spins, then lift the limit and kill."""
+        if limiter is None or limiter.lifted:
+            return make_call()
+        call = make_call(on_poll=limiter.poll, kill_on_timeout=False)
+        if call.outcome == "timeout":
+            call.outcome = "livelock"
+            call.detail, call.rip = limiter.diagnose(t, self.layout)
+            limiter.lift()
+            t.kill()
+        return call
+
     def _finish(self, run: NativeRun, c: Tracee, prefix: list[SyscallObs]) -> NativeRun:
         """Apply the run's event to c (at boundary run.i) and run every process
         to the end of its further calls; c and its children are killed after."""
@@ -323,7 +349,8 @@ class Twin:
                         run.calls.append(self._returned(t, label, role, prefix, swept_before))
                     continue
                 # A fork child's call began in the parent: the prefix's syscalls are its history too.
-                run.calls.append(self.caller.finish(t, label, role, state_before=swept_before, prior=prefix))
+                run.calls.append(self._bounded(t, limiter, lambda **kw: self.caller.finish(
+                    t, label, role, state_before=swept_before, prior=prefix, **kw)))
             if limiter is not None and not returned_already:
                 limiter.release(c)                 # further calls in a healthy world again
             if all(x.outcome == "returned" for x in run.calls):
@@ -331,8 +358,9 @@ class Twin:
                     for k in range(cfg.after):
                         if k == 1 and limiter is not None:
                             limiter.release(c)
-                        run.calls.append(self.caller.call(t, f"call {K + 1 + k} [{pname}]", "after",
-                                                          size=cfg.after_size))
+                        label = f"call {K + 1 + k} [{pname}]"
+                        run.calls.append(self._bounded(t, limiter, lambda **kw: self.caller.call(
+                            t, label, "after", size=cfg.after_size, **kw)))
                         if run.calls[-1].outcome != "returned":
                             break
             run.generation_after = self.generation()
@@ -340,6 +368,6 @@ class Twin:
             for _, t in reversed(procs):
                 t.kill()
             if limiter is not None:
-                limiter.release(None)
+                limiter.end_run()
             run.seconds = time.monotonic() - t0
         return run

@@ -33,6 +33,8 @@ STATE_MAP_PAGES = 2               # room for a state straddling two pages
 STACK_GAP = 0x4000                # the calls run this far below the exec-time stack pointer
 STACK_RESIDENT = 0x4000           # ... with this much stack below that made resident first
 NR_rt_sigaction = 13
+NR_prctl = 157
+PR_SET_NAME = 15
 SIG_IGN = 1
 SA_RESTORER = 0x04000000
 MAP_FAILED_LIMIT = -4096
@@ -69,6 +71,7 @@ class TwinConfig:
 class Layout:
     """Addresses in the tracee (the same in every fork of the parked parent)."""
     vdso_base: int
+    vdso_size: int
     func: int                     # __vdso_getrandom
     rng_data: int                 # struct vdso_rng_data (generation u64, is_ready u8)
     state_map: int                # the droppable mapping
@@ -154,11 +157,12 @@ class Caller:
         return t.read(self.layout.state, STATE_SIZE)
 
     def finish(self, t: Tracee, label: str, role: str, buffer: int | None = None,
-               state_before: bytes | None = None, prior: list | None = None, size: int | None = None) -> NativeCall:
+               state_before: bytes | None = None, prior: list | None = None, size: int | None = None,
+               **run_kw) -> NativeCall:
         """Run a started call (at call_site or anywhere inside it) to the int3
-        after its return, and record it."""
+        after its return, and record it.  run_kw go to Tracee.run_to_trap."""
         buf = self.layout.buffer if buffer is None else buffer
-        stop = t.run_to_trap(self.cfg.seconds)
+        stop = t.run_to_trap(self.cfg.seconds, **run_kw)
         c = NativeCall(label, role, self.cfg.size if size is None else size, "returned", buffer=buf,
                        state=self.layout.state,
                        state_before=state_before, syscalls=list(prior or []) + stop.syscalls)
@@ -182,10 +186,11 @@ class Caller:
             c.detail = f"{signal.Signals(stop.sig).name} at {t.regs().rip:#x}"
         return c
 
-    def call(self, t: Tracee, label: str, role: str, buffer: int | None = None, size: int | None = None) -> NativeCall:
+    def call(self, t: Tracee, label: str, role: str, buffer: int | None = None, size: int | None = None,
+             **run_kw) -> NativeCall:
         before = self.state_bytes(t)
         self.enter(t, self.args(buffer, size))
-        return self.finish(t, label, role, buffer, before, size=size)
+        return self.finish(t, label, role, buffer, before, size=size, **run_kw)
 
 
 class Parked:
@@ -221,6 +226,10 @@ class Parked:
         # Resident stack below rsp (a nested call runs some 1.2 KiB further down)
         # and resident buffers: first touches are not what is under test.
         t.write(rsp - STACK_RESIDENT, bytes(STACK_RESIDENT))
+        # A recognisable name in ps and in OOM reports (exec through a memfd's
+        # /proc/self/fd/N named it "N").
+        t.write(PARAMS + 0x200, b"faultpath-twin\0")
+        t.syscall(NR_prctl, PR_SET_NAME, PARAMS + 0x200)
         # SIGCHLD ignored: the kernel then reaps this process's fork children
         # itself once we, their tracer, have collected them.
         act = struct.pack("<QQQQ", SIG_IGN, SA_RESTORER, 0, 0)
@@ -229,7 +238,8 @@ class Parked:
         if ret != 0:
             raise TwinError(f"tracee {t.pid}: rt_sigaction(SIGCHLD, SIG_IGN) = {ret}")
         # The params query: (NULL, 0, 0, &params, ~0).
-        probe = Layout(base, func, rng, 0, 0, 0, 0, 0, rsp, OpaqueParams(STATE_SIZE, 3, 0x28, (0,) * 13))
+        vsize = len(self.vdso_text)
+        probe = Layout(base, vsize, func, rng, 0, 0, 0, 0, 0, rsp, OpaqueParams(STATE_SIZE, 3, 0x28, (0,) * 13))
         q = Caller(img, probe, cfg)
         q.enter(t, (0, 0, 0, PARAMS, 0xFFFF_FFFF_FFFF_FFFF))
         stop = t.run_to_trap(cfg.seconds)
@@ -247,7 +257,7 @@ class Parked:
         buffer = BUFFERS
         hbuffer = BUFFERS + span
         t.write(buffer, bytes(2 * span))
-        return Layout(base, func, rng, state_map, length, state_map + PLACEMENTS[cfg.placement], buffer, hbuffer,
+        return Layout(base, vsize, func, rng, state_map, length, state_map + PLACEMENTS[cfg.placement], buffer, hbuffer,
                       rsp, params)
 
     def fork(self) -> Tracee:

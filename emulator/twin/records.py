@@ -16,7 +16,7 @@ class NativeCall:
     label: str                    # "call 2 [parent]", "call 2 [child]", "call 2 [handler]", ...
     role: str                     # warm | swept | child | nested | after
     size: int
-    outcome: str                  # returned | signal | timeout | killed | exited | not-run
+    outcome: str                  # returned | livelock | signal | timeout | killed | exited | not-run
     ret: int | None = None
     signal: int = 0
     output: bytes = b""           # the buffer's first min(ret, size) bytes after a return
@@ -26,6 +26,7 @@ class NativeCall:
     state_after: bytes | None = None
     syscalls: list[SyscallObs] = field(default_factory=list)
     instructions: int | None = None     # architectural count, when the call was single-stepped whole
+    rip: int = 0                  # livelock: the refaulting user instruction (0: in the kernel)
     detail: str = ""
 
     def getrandom_calls(self) -> list[SyscallObs]:

@@ -33,7 +33,7 @@ class ReentrancyCount:
     boundaries: list[int] = field(default_factory=list)
 
 
-def count(cfg: TwinConfig, cpu: int | None = -1) -> ReentrancyCount:
+def count(cfg: TwinConfig, cpu: int | None = None) -> ReentrancyCount:
     t0 = time.monotonic()
     zb, words, anyz, moves, runs = [], 0, 0, 0, 0
     with Twin(cfg, cpu=cpu) as tw:

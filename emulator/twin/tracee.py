@@ -81,6 +81,9 @@ class Tracee:
 
     def kill(self) -> None:
         """SIGKILL and reap (a traced process must be waited for by us)."""
+        for pid in self.pending:                  # fork children the call made itself, never resumed
+            Tracee(pid, self.image).kill()
+        self.pending = []
         if not self.alive:
             return
         self.alive = False
@@ -127,9 +130,9 @@ class Tracee:
         return bool(e >> 63)
 
     # ---- waiting ------------------------------------------------------------------
-    def _wait(self, deadline: float | None) -> int:
-        """Next status of this tracee.  Fork children's first stops (which may
-        come first) are queued in self.pending, not returned."""
+    def _wait(self, deadline: float | None, on_poll=None) -> int:
+        """Next status of this tracee (blocking without a deadline; polling with
+        one, calling on_poll() between polls)."""
         spin_until = time.monotonic() + SPIN_SECONDS if deadline is not None else None
         while True:
             if deadline is None:
@@ -140,6 +143,8 @@ class Tracee:
                     now = time.monotonic()
                     if now > deadline:
                         raise TraceeTimeout(f"tracee {self.pid}: no stop within the time bound")
+                    if on_poll is not None:
+                        on_poll()
                     if now > spin_until:
                         time.sleep(POLL_SLEEP)
                     continue
@@ -160,10 +165,13 @@ class Tracee:
         if pt.stop_sig(status) != signal.SIGTRAP:
             raise TraceeError(f"tracee {self.pid}: single step ended with status {status:#x}")
 
-    def run_to_trap(self, seconds: float, max_syscalls: int = 10_000) -> Stop:
+    def run_to_trap(self, seconds: float, max_syscalls: int = 10_000, on_poll=None,
+                    kill_on_timeout: bool = True) -> Stop:
         """Resume with PTRACE_SYSCALL until an int3 (or a signal, exit, or the
         time bound), recording every syscall with its arguments, its return and,
-        for getrandom, the bytes the kernel wrote."""
+        for getrandom, the bytes the kernel wrote.  On a timeout the tracee is
+        killed and reaped, unless kill_on_timeout is False (it is then left
+        running for the caller to inspect and kill)."""
         deadline = time.monotonic() + seconds
         calls: list[SyscallObs] = []
         cur: SyscallObs | None = None
@@ -172,11 +180,12 @@ class Tracee:
             pt.cont_syscall(self.pid, sig)
             sig = 0
             try:
-                status = self._wait(deadline)
+                status = self._wait(deadline, on_poll)
             except TraceeTimeout:
                 if cur is not None:
                     calls.append(cur)
-                self.kill()
+                if kill_on_timeout:
+                    self.kill()
                 return Stop("timeout", syscalls=calls)
             if os.WIFEXITED(status):
                 return Stop("exited", status=os.WEXITSTATUS(status), syscalls=calls + ([cur] if cur else []))
