@@ -11,7 +11,7 @@ import pytest
 
 from emulator.skipcheck.decodecheck import Report, decodecheck, format_report
 from emulator.errors import ImageError
-from emulator.insn_length import have_objdump
+from emulator.skipcheck.oracles import have_objdump
 
 pytestmark = pytest.mark.skipif(not have_objdump(), reason="GNU objdump not installed")
 

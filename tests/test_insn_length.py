@@ -1,6 +1,8 @@
-"""The three instruction-length oracles, the divergence classes and the skip
-length, measured on the exact byte strings DESIGN.md names (capstone 5.0.x
-pitfalls) and on a corpus of ordinary instructions."""
+"""The skip length (emulator/insn_length.py), the two oracles it is checked
+against (emulator/skipcheck/oracles.py: objdump, Unicorn) and the divergence
+classes (emulator/skipcheck/divergence.py), measured on the exact byte
+strings of capstone 5.0.x's known pitfalls and on a corpus of ordinary
+instructions."""
 
 import subprocess
 import sys
@@ -8,20 +10,12 @@ import sys
 import pytest
 
 from emulator import insn_length as il
-from emulator.insn_length import (
-    CAPSTONE_CORRECTIONS,
-    CLASSES,
-    capstone_length,
-    classify,
-    objdump_first_lengths,
-    objdump_lengths,
-    parse_objdump,
-    skip_length,
-    unicorn_length,
-    unicorn_probe,
-)
+from emulator.insn_length import CAPSTONE_CORRECTIONS, capstone_length, skip_length
+from emulator.skipcheck.divergence import CLASSES, classify
+from emulator.skipcheck.oracles import (have_objdump, objdump_first_lengths, objdump_is_bad, objdump_lengths,
+                                        objdump_prefix_only, parse_objdump, unicorn_length, unicorn_probe)
 
-needs_objdump = pytest.mark.skipif(not il.have_objdump(), reason="GNU objdump not installed")
+needs_objdump = pytest.mark.skipif(not have_objdump(), reason="GNU objdump not installed")
 
 PAD = b"\x90\x90"      # trailing bytes, so capstone's over-long reads have something to eat
 
@@ -264,7 +258,7 @@ def test_objdump_batch_matches_single_runs():
     for s, b in zip(snippets, batch):
         alone = objdump_lengths(s)
         first = (alone[0][1], alone[0][2]) if alone else None
-        if first is None or il.objdump_is_bad(first[1]) or first[0] > len(s):
+        if first is None or objdump_is_bad(first[1]) or first[0] > len(s):
             assert b is None, s.hex()
         else:
             assert b is not None and b[0] == first[0], s.hex()
@@ -285,10 +279,10 @@ def test_parse_objdump_folds_continuation_lines():
         (".data", 8, 5, "data16 rex.W ret 0x1234"),
         (".data", 13, 2, "(bad)"),
     ]
-    assert il.objdump_is_bad("(bad)") and il.objdump_is_bad(".byte 0xf")
-    assert il.objdump_is_bad("mov edx,?") and il.objdump_is_bad("mov WORD PTR [rax],?")
-    assert not il.objdump_is_bad("call 1000 <foo?bar>")
-    assert il.objdump_prefix_only("ds rex.WRX") and not il.objdump_prefix_only("rex.W ret")
+    assert objdump_is_bad("(bad)") and objdump_is_bad(".byte 0xf")
+    assert objdump_is_bad("mov edx,?") and objdump_is_bad("mov WORD PTR [rax],?")
+    assert not objdump_is_bad("call 1000 <foo?bar>")
+    assert objdump_prefix_only("ds rex.WRX") and not objdump_prefix_only("rex.W ret")
 
 
 def test_unicorn_probe_methods():
@@ -308,7 +302,7 @@ def test_unicorn_probe_methods():
 def test_unicorn_lock_bt_reg_is_refused_not_aborted():
     # Unicorn 2.1.4 aborts the process on lock bts reg; the probe must not
     # run it.  Checked in a child so a regression cannot kill the test run.
-    src = ("from emulator.insn_length import unicorn_length as u;"
+    src = ("from emulator.skipcheck.oracles import unicorn_length as u;"
            "print([u(bytes.fromhex(h)) for h in "
            "('f00fabc0','f00fa3c0','f00fb3c0','f00fbbc0','f00fbae005','f00fab00')])")
     out = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True,

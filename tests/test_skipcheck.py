@@ -18,7 +18,8 @@ import pytest
 
 from emulator.skipcheck import runner as S
 from emulator.errors import UsageError
-from emulator.insn_length import have_objdump, skip_length
+from emulator.insn_length import skip_length
+from emulator.skipcheck.oracles import have_objdump
 from emulator.skipcheck.corpus import (CROSS, apply_words, load_corpus, parse_corpus, split_prefixes,
                                        variant_na)
 

@@ -68,7 +68,7 @@ _LOCKABLE: dict[tuple[int, int], frozenset[int] | None] = {
 _BT_ANY = {(1, 0xA3), (1, 0xAB), (1, 0xB3), (1, 0xBB), (1, 0xBA)}
 
 # Encodings Unicorn 2.1.4 runs but the CPU rejects with #UD ("unicorn-only" in
-# emulator/insn_length.classify, plus relatives capstone happens to decode).
+# emulator/skipcheck/divergence.classify, plus relatives capstone happens to decode).
 # Measured by sweeping one-byte, 0f, 0f 38 and 0f 3a opcodes x {none, 66, f2,
 # f3} x 16 ModRM forms: capstone and objdump reject these, Unicorn runs them,
 # and this host's CPU (AMD EPYC) raises SIGILL for every one natively

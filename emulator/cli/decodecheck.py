@@ -17,7 +17,7 @@ def register(sub, parser_class) -> None:
         help="compare capstone's instruction lengths with objdump's over ELF files",
         description="Walk objdump's disassembly of every executable section, decode with capstone at "
                     "each instruction boundary, ask Unicorn at each disagreement, and classify every "
-                    "mismatch (the capstone bugs of DESIGN.md have their own classes).  FILE `host` "
+                    "mismatch (capstone's known bugs have their own classes).  FILE `host` "
                     "is the running kernel's vDSO.  Exit status 0: no unexplained mismatch; 1: some; "
                     "2: bad input.")
     p.add_argument("files", nargs="+", metavar="FILE", help="ELF files, or `host`")

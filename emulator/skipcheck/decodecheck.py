@@ -7,7 +7,7 @@ the ``skip`` fault path uses.  objdump disassembles every SHF_EXECINSTR
 section (symbol-aware, so it restarts at each function); capstone decodes at
 each of objdump's instruction boundaries, so one disagreement never cascades.
 Each disagreement is run through Unicorn as a third opinion and named by
-`emulator.insn_length.classify`.
+`emulator.skipcheck.divergence.classify`.
 
     report = decodecheck("/usr/lib/x86_64-linux-gnu/libc.so.6")
     print(format_report(report))
@@ -31,17 +31,9 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from emulator.errors import FaultpathError, ImageError
-from emulator.insn_length import (
-    CLASSES,
-    MAX_INSN_LEN,
-    OBJDUMP,
-    _capstone,
-    classify,
-    have_objdump,
-    objdump_is_bad,
-    parse_objdump,
-    unicorn_length,
-)
+from emulator.skipcheck.divergence import CLASSES, classify
+from emulator.skipcheck.oracles import OBJDUMP, have_objdump, objdump_is_bad, parse_objdump, unicorn_length
+from vdso.insn import MAX_INSN_LEN, disassembler
 
 DEFAULT_EXAMPLES = 5
 _CHUNK = 4096          # bytes capstone decodes in one call
@@ -271,7 +263,7 @@ class _CapstoneWalk:
             return None
         self.cache = {}
         limit = addr + _CHUNK
-        for a, size, mnem, ops in _capstone().disasm_lite(
+        for a, size, mnem, ops in disassembler().disasm_lite(
                 self.data[off:off + _CHUNK + MAX_INSN_LEN], addr):
             if a >= limit:
                 break

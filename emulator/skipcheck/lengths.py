@@ -7,13 +7,13 @@ four decoders and a second assembler.
   skip         `emulator.insn_length.skip_length` (capstone corrected by
                CAPSTONE_CORRECTIONS), what the handler adds to rip;
   objdump      GNU objdump of the same bytes (keystone's);
-  unicorn      the length Unicorn executes (`insn_length.unicorn_probe`);
+  unicorn      the length Unicorn executes (`oracles.unicorn_probe`);
   GNU as       the same source line assembled by GNU as, then GNU objdump of
                GNU as's bytes: an independent assembler and decoder pair.
 
 The expected length is the crafted encoding's length.  Divergences are
-named by `insn_length.classify` (the capstone bugs of DESIGN.md have their
-own classes); a divergence where the three decoders agree with each other
+named by `divergence.classify` (capstone's known bugs have their own
+classes); a divergence where the three decoders agree with each other
 but not with the crafted length is "unexplained" (a crafting error).
 GNU as choosing another encoding (imm8 vs imm32, another ModRM form) is
 reported but is not a decoder divergence.
@@ -27,8 +27,10 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from emulator.insn_length import (MAX_INSN_LEN, capstone_insn, classify, have_objdump,
-                                  objdump_first_lengths, skip_length)
+from emulator.insn_length import capstone_insn, skip_length
+from emulator.skipcheck.divergence import classify
+from emulator.skipcheck.oracles import have_objdump, objdump_first_lengths
+from vdso.insn import MAX_INSN_LEN
 
 MARKER_BYTES = bytes.fromhex("49c7c31eaba15ccc")      # what follows the instruction in a run
 _REG32 = {"rax": "eax", "rbx": "ebx", "rcx": "ecx", "rdx": "edx", "rsi": "esi", "rdi": "edi",

@@ -906,7 +906,7 @@ def _task(args) -> tuple[list[Run], dict[bytes, int | None]]:
     """Worker: every placement of one instruction, plus Unicorn's length of
     each distinct encoding."""
     ins, policy, placements, want_lengths = args
-    from emulator.insn_length import unicorn_length
+    from emulator.skipcheck.oracles import unicorn_length
     runs = []
     lengths: dict[bytes, int | None] = {}
     for placement, na in placements_for(ins).items():
