@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from emulator.errors import UsageError
-from emulator.skipcheck.runner import oom_machine, run_instruction
+from emulator.skipcheck.oom_machine import oom_machine
+from emulator.skipcheck.runner import run_instruction
 
 ROOT = Path(__file__).resolve().parents[1]
 

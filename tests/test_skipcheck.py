@@ -1,4 +1,4 @@
-"""skipcheck: the instruction-skip regression suite (emulator/skipcheck/runner.py).
+"""skipcheck: the instruction-skip regression suite (emulator/skipcheck/).
 
 The default suite runs every builtin corpus line in every placement under
 both policies, plus (under skip) a deterministic sixteenth of the prefix
@@ -16,17 +16,22 @@ from pathlib import Path
 
 import pytest
 
-from emulator.skipcheck import runner as S
 from emulator.errors import UsageError
 from emulator.insn_length import skip_length
-from emulator.skipcheck.oracles import have_objdump
+from emulator.skipcheck import runner
 from emulator.skipcheck.corpus import (CROSS, apply_words, load_corpus, parse_corpus, split_prefixes,
                                        variant_na)
+from emulator.skipcheck.execute import ISSUES
+from emulator.skipcheck.instructions import build_instructions, instruction
+from emulator.skipcheck.oracles import have_objdump
+from emulator.skipcheck.placements import PLACEMENTS, placements_for
+from emulator.skipcheck.report import format_report
+from emulator.skipcheck.runner import run_instruction, run_skipcheck
 
 ROOT = Path(__file__).resolve().parents[1]
 
 # Emulator bugs skipcheck found in emulator/machine.py, now fixed there
-# (skipcheck.ISSUES explains them): a helper-implemented store that faults
+# (skipcheck's execute.ISSUES explains them): a helper-implemented store that faults
 # left rip past the instruction ("unicorn-helper-rip"), rcl/rcr on memory
 # updated RFLAGS before the faulting store ("unicorn-flags-before-store"), and
 # Unicorn's translation read-ahead at a page end ("unicorn-readahead").  None
@@ -52,13 +57,13 @@ def unexpected_failures(report) -> list:
 
 @pytest.fixture(scope="module")
 def skip_report():
-    return S.run_skipcheck("builtin", "skip", select=sample)
+    return run_skipcheck("builtin", "skip", select=sample)
 
 
 @pytest.fixture(scope="module")
 def retry_report():
     # retry runs refault until the livelock limit: the corpus lines as written
-    return S.run_skipcheck("builtin", "retry", select=lambda i: i.variant.name == "base", lengths=False)
+    return run_skipcheck("builtin", "retry", select=lambda i: i.variant.name == "base", lengths=False)
 
 
 # --------------------------------------------------------------------------
@@ -68,7 +73,7 @@ def retry_report():
 def test_builtin_corpus_assembles_and_is_all_stores():
     name, forms, errors = load_corpus("builtin")
     assert name == "builtin" and len(forms) > 250 and errors == []
-    built, line_errors, _ = S.build_instructions(forms, cross=True)
+    built, line_errors, _ = build_instructions(forms, cross=True)
     assert line_errors == []
     kinds = Counter(i.info.kind for i in built if i.variant.name == "base")
     assert set(kinds) == {"explicit", "string", "stack", "maskmov"}
@@ -90,7 +95,7 @@ def test_skip_every_case_passes_but_the_known_machine_bugs(skip_report):
     assert unexpected_failures(rep) == []
     # every placement ran something, and the 16-byte forms were all refused
     by_place = Counter(r.placement for r in rep.runs if r.status == "pass")
-    assert set(by_place) == set(S.PLACEMENTS)
+    assert set(by_place) == set(PLACEMENTS)
     sixteen = [r for r in rep.runs if r.variant == "len16" and r.status != "n/a"]
     assert sixteen and all(r.status == "refused" for r in sixteen)
     for r in rep.runs:
@@ -132,23 +137,23 @@ def test_page_end_runs_meet_the_unicorn_readahead(skip_report):
 def test_known_machine_issues_are_named(skip_report):
     issues = Counter(r.issue for r in skip_report.runs if r.status == "fail")
     assert set(issues) <= set(KNOWN_MACHINE_ISSUES)
-    text = S.format_report(skip_report)
+    text = format_report(skip_report)
     for key in issues:
-        assert key in text and S.ISSUES[key][:40] in text
+        assert key in text and ISSUES[key][:40] in text
 
 
 @pytest.mark.parametrize("placement", ["plain", "split"])
 @pytest.mark.parametrize("insn", ["fxsave [rdi]", "cmpxchg16b xmmword ptr [rdi]", "maskmovdqu xmm0, xmm1",
                                   "cmpxchg8b qword ptr [rdi]", "fnstenv [rdi]"])
 def test_helper_implemented_stores_fault_precisely(insn, placement):
-    r = S.run_instruction(insn, placement)
+    r = run_instruction(insn, placement)
     assert r.ok or r.status == "n/a", (r.status, r.detail)
 
 
 @pytest.mark.parametrize("policy", ["skip", "retry"])
 def test_rcl_rcr_keep_rflags_across_the_fault(policy):
     for insn in ("rcl qword ptr [rdi], 2", "rcr dword ptr [rdi], 1"):
-        r = S.run_instruction(insn, "plain", policy)
+        r = run_instruction(insn, "plain", policy)
         assert r.ok, (insn, r.status, r.detail)
 
 
@@ -218,22 +223,22 @@ def test_apply_words_merges_rex_and_keeps_mandatory_prefixes_last():
 def test_variant_rules(text, variant, applies):
     (form,), _ = parse_corpus(text)
     assert form.body
-    ins = S.instruction(text)
+    ins = instruction(text)
     v = next(v for v in CROSS if v.name == variant)
     assert (variant_na(v, ins.code, ins.info) is None) == applies
 
 
 def test_cmpxchg8b_with_rex_w_becomes_aligned_cmpxchg16b():
-    ins = S.instruction("cmpxchg8b qword ptr [rdi]", variant="rex.W")
+    ins = instruction("cmpxchg8b qword ptr [rdi]", variant="rex.W")
     assert ins.info.mnemonic == "cmpxchg16b" and ins.info.align == 16
-    assert S.placements_for(ins)["split"].startswith("cmpxchg16b needs")
+    assert placements_for(ins)["split"].startswith("cmpxchg16b needs")
 
 
 def test_sixteen_byte_instruction_is_refused_and_never_skipped():
-    r = S.run_instruction("mov qword ptr [rdi], rax", variant="len16")
+    r = run_instruction("mov qword ptr [rdi], rax", variant="len16")
     assert r.status == "refused" and len(r.code) == 16 and not r.skipped and r.new_rip == r.rip
     assert skip_length(r.code[:15]) is None
-    r15 = S.run_instruction("mov qword ptr [rdi], rax", variant="len15")
+    r15 = run_instruction("mov qword ptr [rdi], rax", variant="len15")
     assert r15.ok and r15.skip_len == 15
 
 
@@ -261,7 +266,7 @@ lock inc dword ptr [rdi + 4]
 def test_bad_corpus_lines_are_reported_with_their_line_numbers(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text(BAD_CORPUS)
-    rep = S.run_skipcheck(str(path), "skip", jobs=1)
+    rep = run_skipcheck(str(path), "skip", jobs=1)
     errors = {e.line: e.error for e in rep.line_errors}
     assert set(errors) == {3, 4, 5, 7, 8, 9, 10, 11, 12}, errors
     assert errors[3].startswith("does not assemble")
@@ -276,21 +281,21 @@ def test_bad_corpus_lines_are_reported_with_their_line_numbers(tmp_path):
     assert rep.instructions == 3            # lines 2, 6, 13 (not crossed: a FILE corpus)
     assert rep.counts["pass"] > 0 and not unexpected_failures(rep)
     assert not rep.ok                        # bad lines make the run fail
-    text = S.format_report(rep)
+    text = format_report(rep)
     assert "line 3: frobnicate rax: does not assemble" in text
 
 
 def test_a_dying_worker_costs_only_its_instruction(tmp_path, monkeypatch):
     path = tmp_path / "c.txt"
     path.write_text("mov byte ptr [rdi], al\nmov word ptr [rdi], ax\nmov dword ptr [rdi], eax\n")
-    real = S.execute
+    real = runner.execute
 
     def execute(ins, placement, policy):
         if ins.info.width == 2:
             os._exit(134)              # as Unicorn's abort() would
         return real(ins, placement, policy)
-    monkeypatch.setattr(S, "execute", execute)
-    rep = S.run_skipcheck(str(path), "skip", jobs=2, lengths=False)
+    monkeypatch.setattr(runner, "execute", execute)
+    rep = run_skipcheck(str(path), "skip", jobs=2, lengths=False)
     died = [r for r in rep.runs if r.status == "error"]
     assert [r.line for r in died] == [2] and "died" in died[0].detail
     assert {r.line for r in rep.runs if r.status == "pass"} == {1, 3}
@@ -298,7 +303,7 @@ def test_a_dying_worker_costs_only_its_instruction(tmp_path, monkeypatch):
 
 def test_missing_corpus_file_is_one_error():
     with pytest.raises(UsageError, match="no such file"):
-        S.run_skipcheck("/nonexistent/corpus.txt")
+        run_skipcheck("/nonexistent/corpus.txt")
 
 
 # --------------------------------------------------------------------------

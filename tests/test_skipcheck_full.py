@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from emulator.skipcheck import runner as S
+from emulator.skipcheck.runner import run_skipcheck
 from test_skipcheck import KNOWN_MACHINE_ISSUES, unexpected_failures
 
 pytestmark = pytest.mark.slow
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("policy", ["skip", "retry"])
 def test_full_builtin_corpus(policy, capsys):
     t0 = time.monotonic()
-    rep = S.run_skipcheck("builtin", policy, lengths=policy == "skip")
+    rep = run_skipcheck("builtin", policy, lengths=policy == "skip")
     seconds = time.monotonic() - t0
     with capsys.disabled():
         c = rep.counts

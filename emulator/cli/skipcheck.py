@@ -1,4 +1,4 @@
-"""`faultpath skipcheck`: the instruction-skip regression suite (emulator/skipcheck/runner.py)."""
+"""`faultpath skipcheck`: the instruction-skip regression suite (emulator/skipcheck/)."""
 from __future__ import annotations
 
 import argparse
@@ -34,7 +34,8 @@ def register(sub, parser_class) -> None:
 
 def cmd_skipcheck(args: argparse.Namespace) -> int:
     from emulator.errors import UsageError
-    from emulator.skipcheck.runner import format_report, run_skipcheck
+    from emulator.skipcheck.report import format_report
+    from emulator.skipcheck.runner import run_skipcheck
     if args.jobs is not None and not 1 <= args.jobs <= 256:
         raise UsageError(f"--jobs {args.jobs}: out of range")
     report = run_skipcheck(args.corpus, args.droppable_oom, cross=args.cross_prefixes,

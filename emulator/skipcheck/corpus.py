@@ -28,14 +28,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import capstone
 from capstone import x86 as X
 
-from vdso.insn import MAX_INSN_LEN, unfaithful_reason
 from emulator.errors import UsageError
+from emulator.insn_length import LEGACY_PREFIXES, capstone_length, skip_length
+from vdso.insn import MAX_INSN_LEN, disassembler, unfaithful_reason
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 BUILTIN = CORPUS_DIR / "builtin.txt"
@@ -44,7 +44,6 @@ LEGACY_WORDS = {"data16": 0x66, "addr32": 0x67, "cs": 0x2E, "ds": 0x3E, "es": 0x
                 "ss": 0x36, "fs": 0x64, "gs": 0x65}
 _REX_WORD = re.compile(r"^rex(?:\.([WRXB]+))?$", re.I)
 _SEGMENT_BYTES = frozenset((0x2E, 0x3E, 0x26, 0x36, 0x64, 0x65))
-_LEGACY = frozenset((0xF0, 0xF2, 0xF3, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65, 0x66, 0x67))
 _BRACKET = re.compile(r"\[[^\[\]]*\]")
 _PLACEHOLDER_DISP = 0x12345678
 
@@ -133,7 +132,7 @@ def load_corpus(spec: str) -> tuple[str, list[Form], list[LineError]]:
 def split_prefixes(code: bytes) -> tuple[bytes, int | None, bytes]:
     """(legacy prefixes, REX byte or None, opcode and the rest)."""
     i = 0
-    while i < len(code) and code[i] in _LEGACY:
+    while i < len(code) and code[i] in LEGACY_PREFIXES:
         i += 1
     legacy = bytes(code[:i])
     rex = None
@@ -192,13 +191,6 @@ def riprel_body(body: str) -> str | None:
 # --------------------------------------------------------------------------
 # What an instruction writes
 # --------------------------------------------------------------------------
-
-@lru_cache(maxsize=None)
-def _md() -> capstone.Cs:
-    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.detail = True
-    return md
-
 
 # First operand is memory but only read.
 _READ_FIRST = frozenset("""
@@ -276,7 +268,7 @@ def store_info(code: bytes, addr: int = 0) -> StoreInfo | str:
     not a store skipcheck can place."""
     # decode with bytes after it, as in memory (capstone's rel32 reading of a
     # 0x66 near branch wants more bytes than the instruction has)
-    ins = next(_md().disasm(bytes(code[:MAX_INSN_LEN]) + b"\xcc" * MAX_INSN_LEN, addr, 1), None)
+    ins = next(disassembler(True).disasm(bytes(code[:MAX_INSN_LEN]) + b"\xcc" * MAX_INSN_LEN, addr, 1), None)
     if ins is None:
         return "capstone cannot decode it"
     words = ins.mnemonic.split()
@@ -335,7 +327,6 @@ def store_info(code: bytes, addr: int = 0) -> StoreInfo | str:
 
 def line_problem(code: bytes, addr: int = 0) -> str | None:
     """Why bytes from a corpus line cannot be a skipcheck instruction."""
-    from emulator.insn_length import capstone_length, skip_length
     if not code:
         return "assembles to no bytes"
     if len(code) > MAX_INSN_LEN:

@@ -28,11 +28,14 @@ import tempfile
 from dataclasses import dataclass
 
 from emulator.insn_length import capstone_insn, skip_length
+from emulator.skipcheck.corpus import riprel_body
 from emulator.skipcheck.divergence import classify
+from emulator.skipcheck.layout import MARKER_REGS, marker_bytes
 from emulator.skipcheck.oracles import have_objdump, objdump_first_lengths
+from emulator.skipcheck.placements import PLACEMENTS
 from vdso.insn import MAX_INSN_LEN
 
-MARKER_BYTES = bytes.fromhex("49c7c31eaba15ccc")      # what follows the instruction in a run
+MARKER_BYTES = marker_bytes(MARKER_REGS[0])    # what follows the instruction in most runs
 _REG32 = {"rax": "eax", "rbx": "ebx", "rcx": "ecx", "rdx": "edx", "rsi": "esi", "rdi": "edi",
           "rbp": "ebp", "rsp": "esp", "rip": "eip", **{f"r{i}": f"r{i}d" for i in range(8, 16)}}
 _REG_RE = re.compile(r"\b(" + "|".join(sorted(_REG32, key=len, reverse=True)) + r")\b")
@@ -164,15 +167,13 @@ def gas_assemble(sources: list[str]) -> tuple[list[bytes | None], list[str]]:
 
 def cross_check(instructions, runs, unicorn: dict[bytes, int | None]) -> tuple[list[LengthCheck], list[str]]:
     """A LengthCheck per encoding the runs used (plain and rip-relative)."""
-    from emulator.skipcheck.corpus import riprel_body
     notes: list[str] = []
     ran = {(r.instruction, r.placement) for r in runs if r.status not in ("n/a",)}
     items = []     # (instruction, encoding, code, source)
     for ins in instructions:
         if len(ins.code) > MAX_INSN_LEN:
             continue
-        if any((ins.name, p) in ran for p in ("plain", "split", "page-end", "stack", "stack-split",
-                                               "rep-partway")):
+        if any((ins.name, p) in ran for p in PLACEMENTS if p != "riprel"):
             items.append((ins, "plain", ins.code,
                           gas_source(ins.source_words, ins.form.body, ins.pad)))
         if ins.riprel is not None and (ins.name, "riprel") in ran:

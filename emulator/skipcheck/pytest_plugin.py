@@ -8,7 +8,7 @@ emulator.skipcheck.pytest_plugin``).  Fixtures:
     ``skip_outcome(insn, placement="plain", policy="skip", variant="base")``
     runs one instruction (Intel syntax as keystone reads it, GAS prefix
     words allowed, or raw bytes) against a droppable page under persistent
-    OOM and returns its outcome (`emulator.skipcheck.runner.Run`): ``skipped``,
+    OOM and returns its outcome (`emulator.skipcheck.execute.Run`): ``skipped``,
     ``skip_len``, ``length``, ``rip``/``new_rip``, ``refaulted``,
     ``livelock``, ``dest_unchanged``, ``regs_unchanged``, ``next_ran``,
     ``status`` ("pass", "fail", "refused", "n/a"), ``detail``, ``faults``
@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import pytest
 
+# emulator.skipcheck.placements.PLACEMENTS, spelled out so that loading the
+# plugin (in every pytest session once faultpath is installed) stays cheap
 SKIP_PLACEMENTS = ("plain", "split", "riprel", "page-end", "stack", "stack-split", "rep-partway")
 
 
@@ -65,7 +67,7 @@ def skip_outcome(request):
 @pytest.fixture
 def droppable_oom_machine(request):
     """Factory: an OomMachine around user code (closed after the test)."""
-    from emulator.skipcheck.runner import oom_machine
+    from emulator.skipcheck.oom_machine import oom_machine
     default = _default_policy(request)
     made = []
 
