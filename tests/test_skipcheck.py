@@ -296,9 +296,34 @@ def test_a_dying_worker_costs_only_its_instruction(tmp_path, monkeypatch):
         return real(ins, placement, policy)
     monkeypatch.setattr(runner, "execute", execute)
     rep = run_skipcheck(str(path), "skip", jobs=2, lengths=False)
+    # every case of line 2 that would have run is lost, and only those
     died = [r for r in rep.runs if r.status == "error"]
-    assert [r.line for r in died] == [2] and "died" in died[0].detail
+    applies = [p for p, na in placements_for(instruction("mov word ptr [rdi], ax")).items() if na is None]
+    assert died and [(r.line, r.placement) for r in died] == [(2, p) for p in applies]
+    assert all("died" in r.detail for r in died)
     assert {r.line for r in rep.runs if r.status == "pass"} == {1, 3}
+    assert len(rep.runs) == 3 * len(PLACEMENTS)      # every case is still counted
+
+
+def test_the_report_follows_the_placement_selection(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("mov qword ptr [rdi], rax\npush rax\nmov byte ptr [rdi], al\n")
+    rep = run_skipcheck(str(path), "skip", placements=("split", "plain", "split"), jobs=1, lengths=False)
+    assert rep.placements == ("plain", "split")
+    assert len(rep.runs) == 3 * 2 and {r.placement for r in rep.runs} == {"plain", "split"}
+    text = format_report(rep, verbose=True)
+    assert "3 instructions x 2 placements = 6 cases" in text
+    listed = [ln.split()[0] for ln in text.splitlines() if ln.startswith("    ") and "pass" in ln]
+    assert listed == ["plain", "split"]
+    d = rep.as_dict()
+    assert d["placements"] == ["plain", "split"] and list(d["by_placement"]) == ["plain", "split"]
+    assert sum(sum(v.values()) for v in d["by_placement"].values()) == d["runs"] == 6
+    # mov: plain and split pass; push: stack placements only (n/a here);
+    # a byte store cannot be split (n/a)
+    assert d["by_placement"]["plain"] == {"pass": 2, "n/a": 1}
+    assert d["by_placement"]["split"] == {"pass": 1, "n/a": 2}
+    one = run_skipcheck(str(path), "skip", placements=("split",), jobs=1, lengths=False)
+    assert "3 instructions x 1 placement = 3 cases, 1 run" in format_report(one)
 
 
 def test_missing_corpus_file_is_one_error():
@@ -327,6 +352,8 @@ def test_cli_json_and_exit_status(tmp_path):
     p = _cli("skipcheck", "--corpus", str(path), "--droppable-oom", "retry", "--placement", "plain")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "--droppable-oom retry" in p.stdout and "OK" in p.stdout
+    assert "3 instructions x 1 placement = 3 cases" in p.stdout
+    assert "plain" in p.stdout and "split" not in p.stdout
     path.write_text("mov rax, rbx\n")
     p = _cli("skipcheck", "--corpus", str(path))
     assert p.returncode == 1 and "line 1: mov rax, rbx: 'mov rax, rbx' is not a memory write" in p.stdout

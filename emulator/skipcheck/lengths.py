@@ -74,15 +74,20 @@ class LengthCheck:
                                            "objdump": self.gas_objdump, "class": self.gas_class,
                                            "note": self.gas_note}}
 
+    def _form(self) -> str:
+        # "plain" is the encoding every placement but riprel runs; saying it
+        # would read like a placement the user did not select
+        return " (rip-relative form)" if self.encoding == "riprel" else ""
+
     def line_text(self) -> str:
         f = lambda n: "-" if n is None else str(n)   # noqa: E731
-        return (f"line {self.line} {self.instruction} ({self.encoding}) {self.code.hex(' ')}: "
+        return (f"line {self.line} {self.instruction}{self._form()} {self.code.hex(' ')}: "
                 f"expected {self.expected}, capstone {f(self.capstone)} [{self.capstone_text or 'rejected'}]"
                 f" exact {f(self.capstone_exact)}, skip {f(self.skip)}/{f(self.skip_exact)}, "
                 f"objdump {f(self.objdump)} [{self.objdump_text}], unicorn {f(self.unicorn)}")
 
     def gas_line(self) -> str:
-        return (f"line {self.line} {self.instruction} ({self.encoding}): keystone {self.code.hex(' ')}, "
+        return (f"line {self.line} {self.instruction}{self._form()}: keystone {self.code.hex(' ')}, "
                 f"GNU as {self.gas_bytes.hex(' ') if self.gas_bytes else '-'} "
                 f"(objdump {self.gas_objdump}) {self.gas_note}")
 

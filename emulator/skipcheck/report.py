@@ -1,6 +1,9 @@
 """skipcheck's report: the counts per status and per placement, the corpus
 lines refused, the emulator issues met, the failures, and the length
 cross-check; as text (`format_report`) or as JSON (`Report.as_dict`).
+
+Counts and placements follow what was selected: a run over one placement
+reports one placement.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ class Report:
     corpus: str
     policy: str
     instructions: int = 0
+    placements: tuple[str, ...] = PLACEMENTS      # the placements selected
     runs: list[Run] = field(default_factory=list)
     line_errors: list[LineError] = field(default_factory=list)
     variants_not_applicable: Counter = field(default_factory=Counter)
@@ -34,8 +38,8 @@ class Report:
         return Counter(r.status for r in self.runs)
 
     def by_placement(self) -> dict[str, Counter]:
-        """Status counts per placement."""
-        out = {p: Counter() for p in PLACEMENTS}
+        """Status counts per selected placement."""
+        out = {p: Counter() for p in self.placements}
         for r in self.runs:
             out.setdefault(r.placement, Counter())[r.status] += 1
         return out
@@ -57,7 +61,7 @@ class Report:
         c = self.counts
         return {
             "corpus": self.corpus, "policy": self.policy, "instructions": self.instructions,
-            "runs": len(self.runs),
+            "placements": list(self.placements), "runs": len(self.runs),
             "summary": {k: c.get(k, 0) for k in STATUSES},
             "by_placement": {p: dict(pc) for p, pc in self.by_placement().items()},
             "line_errors": [e.as_dict() for e in self.line_errors],
@@ -84,14 +88,19 @@ def _issue_counts(runs: list[Run]) -> dict[str, Counter]:
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def format_report(report: Report, verbose: bool = False) -> str:
     """The report as text for a terminal (``verbose``: every failing run
     with its faults, and the prefix variants that did not apply)."""
     c = report.counts
     ran = len(report.runs) - c.get("n/a", 0)
     lines = [f"skipcheck: corpus {report.corpus}, --droppable-oom {report.policy}: "
-             f"{report.instructions} instructions x {len(PLACEMENTS)} placements = {len(report.runs)} cases, "
-             f"{ran} run ({report.seconds:.1f} s, {report.jobs} jobs)"]
+             f"{_count(report.instructions, 'instruction')} x {_count(len(report.placements), 'placement')}"
+             f" = {_count(len(report.runs), 'case')}, {ran} run ({report.seconds:.1f} s, "
+             f"{_count(report.jobs, 'job')})"]
     lines.append("  " + ", ".join(f"{k} {c.get(k, 0)}" for k in STATUSES))
     for p, pc in report.by_placement().items():
         lines.append(f"    {p:<12} " + "  ".join(f"{k} {pc.get(k, 0):>4}" for k in STATUSES))

@@ -59,9 +59,12 @@ def _task(work: _Work) -> tuple[list[Run], dict[bytes, int | None]]:
 
 
 def _died(work: _Work) -> tuple[list[Run], dict]:
-    ins, policy = work[0], work[1]
-    return ([Run(ins.name, ins.variant.name, ins.form.line, "plain", policy, "error",
-                 "the emulator process died running this instruction")], {})
+    """The worker died: every case of the instruction that would have run is
+    an error (the placements that do not apply stay n/a)."""
+    ins, policy, placements, _ = work
+    return ([not_run(ins, p, policy, "n/a", na) if na else
+             not_run(ins, p, policy, "error", "the emulator process died running this instruction")
+             for p, na in _selected(ins, placements).items()], {})
 
 
 def _pool_map(tasks: list[_Work], jobs: int):
@@ -117,6 +120,7 @@ def run_skipcheck(corpus: str = "builtin", policy: str = "skip", *, cross: bool 
     for p in placements or ():
         if p not in PLACEMENTS:
             raise UsageError(f"unknown placement {p!r} (expected one of {', '.join(PLACEMENTS)})")
+    chosen = tuple(p for p in PLACEMENTS if not placements or p in placements)
     t0 = time.monotonic()
     name, forms, errors = load_corpus(corpus)
     if not forms and not errors:
@@ -128,10 +132,10 @@ def run_skipcheck(corpus: str = "builtin", policy: str = "skip", *, cross: bool 
         instructions = [i for i in instructions if select(i)]
     if jobs is None:
         jobs = min(len(instructions) or 1, os.cpu_count() or 1)
-    report = Report(name, policy, len(instructions),
+    report = Report(name, policy, len(instructions), chosen,
                     line_errors=sorted(errors + more_errors, key=lambda e: e.line),
                     variants_not_applicable=na_variants, jobs=jobs)
-    tasks = [(ins, policy, tuple(placements or ()), lengths) for ins in instructions]
+    tasks = [(ins, policy, chosen, lengths) for ins in instructions]
     unicorn: dict[bytes, int | None] = {}
     for _task_args, (runs, lens) in _pool_map(tasks, jobs):
         report.runs.extend(runs)
