@@ -138,6 +138,27 @@ def test_instruction_count_and_bytes_match_unicorn_and_the_model(native, size):
 
 
 # ---------------------------------------------------------------------------- events
+def test_process_madvise_pageout_drops_the_dirty_droppable_state(native):
+    """MADV_PAGEOUT from another process discards the warm (dirty, never
+    swapped) state page: no PTE is left and it reads back as zeros."""
+    from emulator.twin import events
+
+    with _twin(16) as tw:
+        w, _ = tw.parked.walker()
+        try:
+            L = tw.layout
+            (page,) = L.state_pages()
+            assert w.page_state(page) == "backed"
+            assert any(w.read(L.state, STATE_SIZE))
+            e = events.drop(w, L, read_back=True)
+            assert e.applied, e.detail
+            assert e.state == bytes(STATE_SIZE)
+            assert w.read(L.state, STATE_SIZE) == bytes(STATE_SIZE)
+            assert w.page_state(page) == "zero"        # the read-back mapped the shared zero page
+        finally:
+            w.kill()
+
+
 def test_drop_sends_the_call_to_the_reseed_path(native):
     """A drop before the call's generation check (boundary 0) leaves a state
     whose generation reads 0: the call reseeds its key with a 32-byte
@@ -189,6 +210,7 @@ def test_reenter_while_claimed_falls_back(native):
         run = tw.run_at(base.n // 2, "reenter")
         assert run.state_at_i[STATE_IN_USE] == 1
         nested = run.call("[handler]")
+        assert nested.state_backed
         assert nested.ret == 64 and _getrandoms(nested) == [(L.hbuffer, 64)]
         assert nested.output == nested.syscalls[-1].data
         outer = run.call(f"call {tw.K} [parent]")
@@ -211,8 +233,9 @@ def test_drop_then_reenter_defeats_the_guard(native):
         assert all(e.applied for r in dropped for e in r.events)
         hit = [r for r in dropped if r.call(outer).zero_words()]
         assert hit
-        # Each zero word is batch bytes the nested call consumed: it reseeded.
-        assert all(r.call("[handler]").path() == "reseed" for r in hit)
+        # Each zero word is batch bytes the nested call consumed: it found no
+        # backed state (so no claim) and reseeded.
+        assert all(r.call("[handler]").path() == "reseed" and not r.call("[handler]").state_backed for r in hit)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="RNDRESEEDCRNG needs CAP_SYS_ADMIN (not root)")

@@ -28,8 +28,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from emulator.twin import events as ev
-from emulator.twin import oom as oom_mod
+import emulator.twin.events as ev
+import emulator.twin.oom as oom_mod
 from emulator.twin.errors import TwinError, TwinUnavailable
 from emulator.twin.process import Parked, TwinConfig, host_generation_reader
 from emulator.twin.records import Baseline, EventRecord, NativeCall, NativeRun
@@ -203,7 +203,7 @@ class Twin:
                        state_before=state_before, syscalls=list(syscalls))
         if ret > 0:
             c.output = t.read(L.buffer, min(ret, self.cfg.size))
-        c.state_after = t.read(L.state, STATE_SIZE)
+        c.state_after = self.caller.state_bytes(t)
         return c
 
     # ---- sweeping ------------------------------------------------------------------
@@ -254,6 +254,7 @@ class Twin:
                     try:
                         ev.copy_state_pages(w.t, c, self.layout)
                         run.state_at_i = self.caller.state_bytes(c)
+                        run.buffer_at_i = c.read(self.layout.buffer, self.cfg.size)
                     except BaseException:
                         c.kill()
                         raise

@@ -26,7 +26,7 @@ from __future__ import annotations
 import fcntl
 import os
 
-from emulator.twin import ptrace as pt
+import emulator.twin.ptrace as pt
 from emulator.twin.errors import TwinError, TwinUnavailable
 from emulator.twin.process import Caller, Layout
 from emulator.twin.records import EventRecord, NativeCall
@@ -41,8 +41,11 @@ NOT_READY_REASON = ("no native form: vdso_rng_data.is_ready is kernel-owned (set
                     "becomes ready; the vvar page is read-only to user space)")
 
 
-def drop(t: Tracee, layout: Layout) -> EventRecord:
-    """Reclaim the state's pages from outside the process."""
+def drop(t: Tracee, layout: Layout, read_back: bool = False) -> EventRecord:
+    """Reclaim the state's pages from outside the process.  Verified by
+    pagemap (no PTE left); read_back also reads the state through
+    process_vm_readv, which maps the shared zero page there (a real read
+    would too, but the run then no longer starts from a reclaimed page)."""
     pidfd = pt.pidfd_open(t.pid)
     try:
         for page in layout.state_pages():
@@ -50,13 +53,14 @@ def drop(t: Tracee, layout: Layout) -> EventRecord:
     finally:
         os.close(pidfd)
     present = [hex(p) for p in layout.state_pages() if t.page_present(p)]
-    data = t.read(layout.state, STATE_SIZE)
+    data = t.read(layout.state, STATE_SIZE) if read_back else bytes(STATE_SIZE)
     if present or any(data):
         # MADV_PAGEOUT skips folios it cannot isolate or that are mapped
         # elsewhere; say so rather than run a run that is not a drop.
         return EventRecord("drop", False, f"page(s) still present after MADV_PAGEOUT: {', '.join(present)}; "
                                           f"state reads {'zeros' if not any(data) else 'non-zero'}", data)
-    return EventRecord("drop", True, "state page(s) not present after MADV_PAGEOUT; the state reads zeros", data)
+    return EventRecord("drop", True, "state page(s) not present after MADV_PAGEOUT" +
+                       ("; the state reads zeros" if read_back else ""), data)
 
 
 def can_reseed() -> str:
@@ -90,6 +94,7 @@ def reenter(t: Tracee, caller: Caller, label: str, seconds: float) -> NativeCall
     nrsp = ((saved.rsp - RED_ZONE - SIGFRAME) & ~0xF) - 8      # (rsp + 8) % 16 == 0 at entry
     t.write(nrsp, caller.image.nested_ret.to_bytes(8, "little"))
     state_before = caller.state_bytes(t)
+    present = all(t.page_state(p) == "backed" for p in L.state_pages())
     r = saved.copy()
     size = caller.cfg.size if caller.cfg.nested_size is None else caller.cfg.nested_size
     for name, v in zip(("rdi", "rsi", "rdx", "rcx", "r8"), caller.args(L.hbuffer, size)):
@@ -100,6 +105,7 @@ def reenter(t: Tracee, caller: Caller, label: str, seconds: float) -> NativeCall
     stop = t.run_to_trap(seconds)
     c = NativeCall(label, "nested", size, "returned", buffer=L.hbuffer, state=L.state,
                    state_before=state_before, syscalls=stop.syscalls)
+    c.state_backed = present
     c = caller.conclude(t, c, stop, after_addr=caller.image.nested_ret)
     if c.outcome == "returned":
         t.set_regs(saved)

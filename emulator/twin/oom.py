@@ -27,7 +27,7 @@ import os
 import signal
 import time
 
-from emulator.twin import events as ev
+import emulator.twin.events as ev
 from emulator.twin.errors import TwinError, TwinUnavailable
 from emulator.twin.process import STACK_RESIDENT, Layout
 from emulator.twin.records import EventRecord

@@ -17,7 +17,7 @@ import signal
 import struct
 from dataclasses import dataclass
 
-from emulator.twin import ptrace as pt
+import emulator.twin.ptrace as pt
 from emulator.twin.errors import TwinError, TwinUnavailable
 from emulator.twin.records import NativeCall
 from emulator.twin.tracee import Tracee
@@ -154,7 +154,17 @@ class Caller:
         t.set_regs(r)
 
     def state_bytes(self, t: Tracee) -> bytes:
-        return t.read(self.layout.state, STATE_SIZE)
+        """The state's bytes, read without changing the tracee: a page with no
+        PTE is zeros by definition (anonymous memory) and is not read, since
+        process_vm_readv would fault the shared zero page in (a dropped page
+        would then differ from a reclaimed one in how its next write faults)."""
+        out = b""
+        addr, end = self.layout.state, self.layout.state + STATE_SIZE
+        while addr < end:
+            chunk = min(end, (addr & ~(PAGE_SIZE - 1)) + PAGE_SIZE) - addr
+            out += t.read(addr, chunk) if t.page_present(addr) else bytes(chunk)
+            addr += chunk
+        return out
 
     def finish(self, t: Tracee, label: str, role: str, buffer: int | None = None,
                state_before: bytes | None = None, prior: list | None = None, size: int | None = None,
@@ -179,7 +189,7 @@ class Caller:
             c.ret = ret
             if ret > 0:
                 c.output = t.read(c.buffer, min(ret, c.size))
-            c.state_after = t.read(c.state, STATE_SIZE)
+            c.state_after = self.state_bytes(t)
             return c
         c.outcome, c.signal = stop.kind, stop.sig
         if stop.kind == "signal":

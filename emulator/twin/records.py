@@ -27,6 +27,8 @@ class NativeCall:
     syscalls: list[SyscallObs] = field(default_factory=list)
     instructions: int | None = None     # architectural count, when the call was single-stepped whole
     rip: int = 0                  # livelock: the refaulting user instruction (0: in the kernel)
+    state_backed: bool | None = None    # nested calls: did the state have pages of its own (not absent,
+                                        # not the zero page) when it began (the emulator's must_fallback test)
     detail: str = ""
 
     def getrandom_calls(self) -> list[SyscallObs]:
@@ -86,6 +88,7 @@ class NativeRun:
     events: list[EventRecord] = field(default_factory=list)
     calls: list[NativeCall] = field(default_factory=list)   # swept/child/nested first, then after-calls
     state_at_i: bytes | None = None   # the state's bytes at boundary i, before the event
+    buffer_at_i: bytes | None = None  # the swept call's buffer at i (what a fork child inherits)
     generation_before: int = 0    # vdso_rng_data.generation at i, before the event
     generation_after: int = 0     # at the end of the run
     seconds: float = 0.0

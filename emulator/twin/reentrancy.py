@@ -50,3 +50,29 @@ def count(cfg: TwinConfig, cpu: int | None = None) -> ReentrancyCount:
                 moves += 1
     return ReentrancyCount(cfg, base.n, runs, len(zb), words, anyz, zb[0] if zb else None,
                            zb[-1] if zb else None, moves, time.monotonic() - t0, zb)
+
+
+def main(argv: list[str]) -> int:
+    """python -m emulator.twin.reentrancy SIZE [NESTED_SIZE [WARM_SIZE [AFTER_SIZE]]]"""
+    import sys
+    if not argv or not all(a.isdigit() for a in argv):
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    v = [int(a) for a in argv] + [None] * 3
+    r = count(TwinConfig(v[0], nested_size=v[1], warm_size=v[2], after_size=v[3]))
+    c = r.config
+    print(f"native twin, drop+reenter at every boundary: {c.size} B call after a "
+          f"{c.warm_size or c.size} B warm call, handler call {c.nested_size or c.size} B, further call "
+          f"{c.after_size or c.size} B; n = {r.n} ({r.runs} runs, {r.seconds:.1f} s)")
+    print(f"  interrupted call hands out 8-byte zero words at {r.interrupted_zero_boundaries} boundaries "
+          f"({r.interrupted_zero_words} words; boundaries {r.first}..{r.last})")
+    print(f"  a run of >= 16 zero bytes in any call's output (compare's metric): {r.any_zero_run_boundaries} "
+          f"boundaries")
+    if r.generation_moves:
+        print(f"  (the kernel's generation moved by itself during {r.generation_moves} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))

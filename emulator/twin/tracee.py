@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from emulator.twin import ptrace as pt
+import emulator.twin.ptrace as pt
 from emulator.twin.errors import TraceeTimeout, TwinError as TraceeError
 from emulator.twin.tracee_image import TraceeImage
 
@@ -20,6 +20,7 @@ OPTIONS = pt.PTRACE_O_EXITKILL | pt.PTRACE_O_TRACESYSGOOD | pt.PTRACE_O_TRACEFOR
 AT_SYSINFO_EHDR = 33
 NR_getrandom = 318
 ENOSYS = 38
+KPF_ZERO_PAGE = 24
 SPIN_SECONDS = 0.002        # poll waitpid this long before sleeping between polls
 POLL_SLEEP = 0.0005
 
@@ -123,11 +124,30 @@ class Tracee:
         return out
 
     def page_present(self, addr: int) -> bool:
-        """Bit 63 of /proc/PID/pagemap (root sees it; the pfn is not needed)."""
+        """Bit 63 of /proc/PID/pagemap: a PTE maps the page (the shared zero
+        page included)."""
+        return self.page_state(addr) != "absent"
+
+    def page_state(self, addr: int) -> str:
+        """absent (no PTE: never touched, or dropped), zero (the shared zero
+        page, mapped by a read), or backed (a page of its own).  The zero page
+        is told by KPF_ZERO_PAGE in /proc/kpageflags (root sees pfns); without
+        pfns a present page is reported backed."""
         with open(f"/proc/{self.pid}/pagemap", "rb") as f:
             f.seek((addr >> 12) * 8)
             e = int.from_bytes(f.read(8), "little")
-        return bool(e >> 63)
+        if not e >> 63:
+            return "absent"
+        pfn = e & ((1 << 55) - 1)
+        if pfn:
+            try:
+                with open("/proc/kpageflags", "rb") as f:
+                    f.seek(pfn * 8)
+                    if int.from_bytes(f.read(8), "little") >> KPF_ZERO_PAGE & 1:
+                        return "zero"
+            except OSError:
+                pass
+        return "backed"
 
     # ---- waiting ------------------------------------------------------------------
     def _wait(self, deadline: float | None, on_poll=None) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import capstone
 
-from emulator.twin import ptrace as pt
+import emulator.twin.ptrace as pt
 from emulator.twin.errors import TwinError
 from emulator.twin.tracee import NR_getrandom, SyscallObs, Tracee
 
