@@ -223,13 +223,13 @@ def test_drop_then_reenter_defeats_the_guard(native):
     call then copies out.  Without the drop, no boundary hands out a zero
     word (8-byte zero words occur by chance with probability 2^-64).
     compare's configuration (40-byte warm call, 128-byte call, 32-byte handler
-    call), every 3rd boundary."""
+    call), every 4th boundary."""
     with _twin(128, warm_size=40, nested_size=32, after_size=64) as tw:
         tw.baseline()
         outer = f"call {tw.K} [parent]"
-        plain = tw.sweep(["reenter"], every=3)
+        plain = tw.sweep(["reenter"], every=4)
         assert all(r.call(outer).zero_words() == 0 for r in plain)
-        dropped = tw.sweep(["drop+reenter"], every=3)
+        dropped = tw.sweep(["drop+reenter"], every=4)
         assert all(e.applied for r in dropped for e in r.events)
         hit = [r for r in dropped if r.call(outer).zero_words()]
         assert hit
@@ -317,3 +317,32 @@ def test_oom_persistent_refaults_a_state_store_forever(native):
         run = tw.run_at(0, "oom:3")
         swept = run.call(f"call {tw.K} [parent]")
         assert swept.outcome == "returned" and swept.ret == 64 and swept.path() == "reseed"
+
+
+def test_reseed_path_stepped_and_traced_agree_with_the_model(native):
+    """A first call on a fresh state reseeds.  The walker sees its getrandom by
+    single-stepping over `syscall`; a run from boundary 0 sees it through
+    PTRACE_SYSCALL stops: same syscall.  A run resumed after the syscall keeps
+    it as history.  Fed the key the kernel delivered, the Python model makes
+    the same output and state."""
+    from vdso.reference import ModelRng, ModelState, vgetrandom
+
+    with _twin(64, calls_before=0) as tw:
+        base = tw.baseline()
+        L = tw.layout
+        (stepped,) = base.call.syscalls
+        assert (stepped.args[0], stepped.args[1], stepped.ret) == (L.state + STATE_KEY, 32, 32)
+        assert stepped.step is not None and 0 < stepped.step < base.n
+        traced = tw.run_at(0, "none").call(f"call {tw.K} [parent]").syscalls
+        assert [(s.nr, s.args[:3], s.ret) for s in traced] == [(stepped.nr, stepped.args[:3], stepped.ret)]
+        assert traced[0].step is None
+        resumed = tw.run_at(stepped.step + 1, "none").call(f"call {tw.K} [parent]")
+        assert [s.step for s in resumed.syscalls] == [stepped.step]
+        assert resumed.ret == 64
+        sa = base.call.state_after
+        ms = ModelState.zeroed()
+        gen = int.from_bytes(sa[STATE_GENERATION:STATE_GENERATION + 8], "little")
+        keys = [stepped.data]
+        res = vgetrandom(ms, ModelRng(gen, True), 64, 0, lambda k: keys.pop(0))
+        assert res.reseeds == 1 and res.output == base.call.output
+        assert ms.pack()[:138] == sa[:138]

@@ -15,7 +15,14 @@ measured on 6.18 at boundary 0 of a 64-byte call after a drop:
 * with oom_kill_disable 1 the fault returns VM_FAULT_OOM, the droppable VMA
   clears it, nothing sleeps (memcg1's OOM wait runs from
   pagefault_out_of_memory, which is then never called) and the instruction
-  refaults forever: 6.11's `retry` livelock, natively (failcnt ~47k/s).
+  refaults forever: 6.11's `retry` livelock, natively (failcnt ~25-50k/s);
+* the kernel's own copy is different: with the limit applied at the
+  `syscall` of a first call's reseed (state dropped after in_use and the
+  generation were written), getrandom(state->key, 32) returns -EFAULT at
+  once instead of refaulting in copy_to_user; the vDSO then stores
+  generation = 0 into the state and that user-mode store refaults forever
+  (__vdso_getrandom+0x395 here).  Under oom:5 the same run completes:
+  reseed -EFAULT, then the fallback getrandom(buffer, 64) succeeds.
 
 The events use oom_kill_disable 1, the emulator's model (allocation fails,
 no OOM killer); `oom_killer=True` gives the kernel's default.  oom:K lifts the
