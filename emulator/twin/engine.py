@@ -83,8 +83,12 @@ class Twin:
     """One configuration on the running kernel.  Use as a context manager;
     every process it made is killed and reaped on exit."""
 
-    def __init__(self, cfg: TwinConfig, cpu: int | None = None):
+    def __init__(self, cfg: TwinConfig, cpu: int | None = None, oom_killer: bool = False):
+        """cpu: None (unpinned), -1 (the lowest CPU we may use) or a CPU number.
+        oom_killer: leave the memcg OOM killer on for oom events (the kernel's
+        default: the tracee is OOM-killed) instead of the emulator's model."""
         self.cfg = cfg
+        self.oom_killer = oom_killer
         self.cpu = min(os.sched_getaffinity(0)) if cpu == -1 else cpu
         self._pin = pinned(self.cpu)
         self._pin.__enter__()
@@ -188,7 +192,7 @@ class Twin:
                     continue
                 call = self._returned(w.t, f"call {self.K} [parent]", "swept", w.prefix, state_before)
                 call.instructions = w.i
-                self.base = Baseline(w.i, w.stepper.raw_steps - 0, rips, call, warm, w.gen)
+                self.base = Baseline(w.i, w.stepper.raw_steps, rips, call, warm, w.gen)
                 return self.base
             finally:
                 w.t.kill()
@@ -333,7 +337,7 @@ class Twin:
                     nested_ok = nested.outcome == "returned"
                 elif p.startswith("oom"):
                     if self._oom is None:
-                        self._oom = oom_mod.MemoryLimit()
+                        self._oom = oom_mod.MemoryLimit(self.oom_killer)
                     limiter = self._oom
                     run.events.append(limiter.apply(c, self.layout, p))
                 elif p == "none":

@@ -17,7 +17,7 @@ from emulator.twin.records import NativeRun
 EFAULT = 14
 
 
-def swept_path(run: NativeRun, K: int) -> str:
+def swept_path(run: NativeRun) -> str:
     """The swept calls' path, the heaviest one when a fork made two
     (fast < efault < reseed < fallback, as the emulator's sweep ranks them)."""
     if run.skipped:
@@ -62,7 +62,7 @@ def measure(cfg: TwinConfig, events: list[str], cpu: int | None = None) -> Measu
         paths: dict[str, Counter] = {e: Counter() for e in events}
         runs = 0
         for run in tw.sweep(events):
-            paths[run.event][swept_path(run, tw.K)] += 1
+            paths[run.event][swept_path(run)] += 1
             runs += 1
         t2 = time.monotonic()
     return Measurement(cfg, base.n, base.raw_steps, t1 - t0, t2 - t1, runs, paths)
