@@ -7,7 +7,8 @@ Every VMA gets a program header; its dumped size (p_filesz) is:
   had a page allocated (MMF_DUMP_ANON_PRIVATE);
 - 0 for private anonymous memory that never had one (nothing but zeros to dump).
 Dumped contents come from frames, from swap for swapped-out pages (read without
-swapping them in), and are zeros for pages that are not present.
+swapping them in), and are zeros for pages that are not present. Segments are
+sparse: a dump of a huge, barely touched VMA costs what was touched.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
-from .flags import VM_DONTDUMP, VM_IO
-from .gup import peek
+from .flags import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, VM_DONTDUMP, VM_IO
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mm_struct import MM
@@ -24,10 +24,40 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass
 class CoreSegment:
+    """One dumped VMA. Only pages with content are held (``pages``: page address ->
+    4096 bytes); the rest of [start, end) reads as zeros, as the holes of a sparse
+    core file do. ``data`` builds the whole segment's bytes (mind the size)."""
+
     start: int
     end: int
     vm_flags: int
-    data: bytes = field(repr=False)
+    pages: dict[int, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def data(self) -> bytes:
+        out = bytearray(self.size)
+        for addr, page in self.pages.items():
+            off = addr - self.start
+            out[off:off + PAGE_SIZE] = page[:self.size - off]
+        return bytes(out)
+
+    def read(self, addr: int, n: int) -> bytes:
+        """n bytes from addr (clipped to the segment)."""
+        n = max(0, min(n, self.end - addr))
+        out = bytearray()
+        while n > 0:
+            page = addr & PAGE_MASK
+            off = addr - page
+            k = min(n, PAGE_SIZE - off)
+            data = self.pages.get(page)
+            out += data[off:off + k] if data is not None else bytes(k)
+            addr += k
+            n -= k
+        return bytes(out)
 
 
 @dataclass
@@ -57,11 +87,11 @@ class CoreDump:
         s = self.segment_at(addr)
         if s is None:
             return None
-        return s.data[addr - s.start:addr - s.start + n]
+        return s.read(addr, n)
 
     @property
     def size(self) -> int:
-        return sum(len(s.data) for s in self.segments)
+        return sum(s.size for s in self.segments)
 
 
 def vma_dump_size(vma) -> int:
@@ -72,11 +102,28 @@ def vma_dump_size(vma) -> int:
     return 0
 
 
+def _dumped_pages(mm: "MM", start: int, end: int) -> dict[int, bytes]:
+    """The pages of [start, end) that hold anything: frames and swap slots (read
+    without swapping in). O(entries in range)."""
+    pages: dict[int, bytes] = {}
+    pt = mm.pt
+    zero = mm.phys.zero_frame
+    swap = mm.phys.swap
+    for vpn in mm.vpns_in(start, end):
+        pte = pt[vpn]
+        if pte.frame is not None and pte.frame is not zero:
+            pages[vpn << PAGE_SHIFT] = bytes(pte.frame.data)
+        elif pte.swap_slot is not None:
+            pages[vpn << PAGE_SHIFT] = swap.get(pte.swap_slot).data
+    return pages
+
+
 def coredump(mm: "MM") -> CoreDump:
     segs, phdrs = [], []
     for v in mm.vma_tree:
         size = vma_dump_size(v)
         phdrs.append(ProgramHeader(v.start, v.end, v.vm_flags, size))
         if size:
-            segs.append(CoreSegment(v.start, v.end, v.vm_flags, peek(mm, v.start, size)))
+            segs.append(CoreSegment(v.start, v.start + size, v.vm_flags,
+                                    _dumped_pages(mm, v.start, v.start + size)))
     return CoreDump(segs, phdrs)

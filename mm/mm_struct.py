@@ -2,8 +2,9 @@
 syscall-like operations together; the logic lives in the per-concept modules.
 
 Syscall-like methods return a non-negative result or -errno, never raise for bad
-user arguments. Every PTE change and every VMA protection change is recorded for
-drain_changes(), whichever code path (or other mm's reclaim) caused it.
+user arguments. Every PTE change and every VMA protection change is recorded in the
+change log (drain_change_ranges()), whichever code path (or other mm's reclaim)
+caused it: one entry per VMA-level change however large, one per PTE changed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from . import vmscan
 from .flags import (DROPPABLE_OOM_POLICIES, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE,
                     TASK_SIZE, VM_ACCOUNT)
 from .page import PTE
+from .pgtable import PageTable
 from .physmem import PhysMem
 from .stages import FaultResult
 from .stats import MMStats
@@ -47,12 +49,15 @@ class MM:
         self.task_size = task_size
         self.mmap_min_addr = mmap_min_addr
         self.vma_tree = VmaTree()
-        self.pt: dict[int, PTE] = {}          # vpn -> PTE
+        self.pt = PageTable()                 # vpn -> PTE, touched pages only
         self.locked_vm = 0                    # pages
         self.def_flags = 0                    # VM_LOCKED|VM_LOCKONFAULT after MCL_FUTURE
         self.stats = MMStats()
         self.dead = False
-        self._changes: set[int] = set()
+        # The change log: vpns whose PTE changed, and byte ranges whose VMA
+        # protection changed, since the last drain.
+        self._changed_vpns: set[int] = set()
+        self._changed_ranges: list[tuple[int, int]] = []
         phys.register_mm(self)
 
     # --- policy -----------------------------------------------------------------------
@@ -142,12 +147,9 @@ class MM:
         return self.pt.get(vaddr >> PAGE_SHIFT)
 
     def vpns_in(self, start: int, end: int) -> list[int]:
-        """Sorted vpns in [start, end) that have a page-table entry."""
-        lo, hi = start >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT
-        pt = self.pt
-        if hi - lo <= len(pt):
-            return [v for v in range(lo, hi) if v in pt]
-        return sorted(v for v in pt if lo <= v < hi)
+        """Sorted vpns of the pages overlapping [start, end) that have a page-table
+        entry: O(entries in range), however large the range."""
+        return self.pt.vpns_in(start >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
 
     def _set_pte(self, vpn: int, new: Optional[PTE]) -> None:
         """set_pte_at()/pte_clear() with the bookkeeping: reverse map, frame charge,
@@ -176,24 +178,60 @@ class MM:
             del pt[vpn]
         else:
             pt[vpn] = new
-        self._changes.add(vaddr)
+        self._changed_vpns.add(vpn)
 
     def zap_range(self, start: int, end: int) -> None:
         for vpn in self.vpns_in(start, end):
             self._set_pte(vpn, None)
 
+    # --- the change log ---------------------------------------------------------------
     def mark_changed(self, start: int, end: int) -> None:
-        self._changes.update(range(start, end, PAGE_SIZE))
+        """Record that the VMA protection of [start, end) changed (one entry, any size)."""
+        if end > start:
+            ranges = self._changed_ranges
+            ranges.append((start, end))
+            if len(ranges) > 4096:               # keep the log small between drains
+                self._changed_ranges = _coalesce(ranges)
+
+    def pending_change_ranges(self) -> list[tuple[int, int]]:
+        """What drain_change_ranges() would return, without draining."""
+        pages = []
+        run_lo = run_hi = None
+        for vpn in sorted(self._changed_vpns):
+            if run_hi == vpn:
+                run_hi += 1
+                continue
+            if run_lo is not None:
+                pages.append((run_lo << PAGE_SHIFT, run_hi << PAGE_SHIFT))
+            run_lo, run_hi = vpn, vpn + 1
+        if run_lo is not None:
+            pages.append((run_lo << PAGE_SHIFT, run_hi << PAGE_SHIFT))
+        return _coalesce(pages + self._changed_ranges)
+
+    def drain_change_ranges(self) -> list[tuple[int, int]]:
+        """Sorted, coalesced, page-aligned [start, end) ranges whose PTEs or VMA
+        protection may have changed since the last drain (of either kind). One
+        entry per mapping however large it is; the emulator re-syncs exactly these
+        ranges: unmapped where there is no VMA, PROT_NONE where a VMA has no present
+        page, the frame where there is one."""
+        out = self.pending_change_ranges()
+        self._changed_vpns = set()
+        self._changed_ranges = []
+        self.phys.note_drain(self)
+        return out
 
     def drain_changes(self) -> set[int]:
-        """Page addresses whose PTE or VMA protection changed since the last call."""
-        ch, self._changes = self._changes, set()
-        self.phys.note_drain(self)
-        return ch
+        """The same as drain_change_ranges(), expanded to page addresses (for callers
+        that sync page by page; avoid it after mapping anything large)."""
+        out: set[int] = set()
+        for lo, hi in self.drain_change_ranges():
+            out.update(range(lo, hi, PAGE_SIZE))
+        return out
 
     @property
     def pending_changes(self) -> int:
-        return len(self._changes)
+        """How many pages the pending change ranges cover."""
+        return sum(hi - lo for lo, hi in self.pending_change_ranges()) >> PAGE_SHIFT
 
     # --- kernel-side access -------------------------------------------------------------------
     def read(self, addr: int, n: int) -> bytes:
@@ -242,3 +280,15 @@ class MM:
     def __repr__(self) -> str:
         return (f"MM(id={self.id}, vmas={len(self.vma_tree)}, ptes={len(self.pt)}, "
                 f"locked_vm={self.locked_vm}, droppable_oom={self.droppable_oom!r})")
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort [start, end) ranges and merge the ones that overlap or touch."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1]:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out

@@ -74,10 +74,10 @@ def _committed(vmas) -> int:
 
 def take_snapshot(mm: "MM") -> MMSnapshot:
     phys = mm.phys
-    for vpn, pte in list(mm.pt.items()):
+    for vpn, pte in mm.pt.items():
         if pte.frame is not None and pte.writable:
             mm._set_pte(vpn, PTE(pte.frame, False, snap_wp=True))
-    ptes = dict(mm.pt)
+    ptes = mm.pt.copy()
     frames = [p.frame for p in ptes.values() if p.frame is not None and not p.frame.is_zero]
     slots = [p.swap_slot for p in ptes.values() if p.swap_slot is not None]
     for f in frames:

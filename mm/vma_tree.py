@@ -1,5 +1,7 @@
 """The mm's set of VMAs (the maple tree's job): ordered lookup, split and merge
-(mm/vma.c: __split_vma, vma_merge)."""
+(mm/vma.c: __split_vma, vma_merge). A sorted list with a parallel list of start
+addresses: lookups bisect, inserts and removals are one list shift each, so every
+operation is O(log n) to find plus O(n) memmove at worst, never a re-sort."""
 
 from __future__ import annotations
 
@@ -14,10 +16,6 @@ class VmaTree:
     def __init__(self) -> None:
         self._vmas: list[VMA] = []
         self._starts: list[int] = []
-
-    def _reindex(self) -> None:
-        self._vmas.sort(key=lambda v: v.start)
-        self._starts = [v.start for v in self._vmas]
 
     def __iter__(self) -> Iterator[VMA]:
         return iter(list(self._vmas))
@@ -61,22 +59,33 @@ class VmaTree:
 
     def insert(self, vma: VMA) -> None:
         assert not self.overlapping(vma.start, vma.end), "overlapping VMA insert"
-        self._vmas.append(vma)
-        self._reindex()
+        i = bisect.bisect_left(self._starts, vma.start)
+        self._vmas.insert(i, vma)
+        self._starts.insert(i, vma.start)
+
+    def _index_of(self, vma: VMA) -> int:
+        i = bisect.bisect_left(self._starts, vma.start)
+        if i < len(self._vmas) and self._vmas[i] is vma:
+            return i
+        return self._vmas.index(vma)          # its start was edited in place: search
 
     def remove(self, vma: VMA) -> None:
-        self._vmas.remove(vma)
-        self._reindex()
+        i = self._index_of(vma)
+        del self._vmas[i]
+        del self._starts[i]
 
     def split(self, addr: int) -> None:
         """__split_vma(): make addr a VMA boundary if it falls inside one."""
-        v = self.find(addr)
-        if v is None or v.start == addr:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i < 0:
+            return
+        v = self._vmas[i]
+        if v.start == addr or addr >= v.end:
             return
         upper = v.copy(start=addr)
         v.end = addr
-        self._vmas.append(upper)
-        self._reindex()
+        self._vmas.insert(i + 1, upper)
+        self._starts.insert(i + 1, addr)
 
     def isolate(self, start: int, end: int) -> list[VMA]:
         """Split at start and end; return the VMAs lying within [start, end)."""
@@ -89,7 +98,6 @@ class VmaTree:
         one after end."""
         lo = max(0, bisect.bisect_right(self._starts, start - PAGE_SIZE) - 1)
         i = lo
-        changed = False
         while i + 1 < len(self._vmas):
             a, b = self._vmas[i], self._vmas[i + 1]
             if a.start > end:
@@ -100,11 +108,9 @@ class VmaTree:
                 if a.anon_vma is None:
                     a.anon_vma = b.anon_vma
                 del self._vmas[i + 1]
-                changed = True
+                del self._starts[i + 1]
                 continue
             i += 1
-        if changed:
-            self._reindex()
 
     def gaps_topdown(self, low: int, high: int) -> Iterator[tuple[int, int]]:
         """Free [gap_start, gap_end) ranges within [low, high), highest first."""

@@ -145,12 +145,14 @@ def drop_mm_droppable(mm: "MM") -> int:
     zero = mm.phys.zero_frame
     frames = []
     seen = set()
-    for vpn, pte in mm.pt.items():
-        f = pte.frame
-        if f is None or f is zero or f in seen:
+    pt = mm.pt
+    for vma in mm.vma_tree:
+        if not vma.is_droppable:
             continue
-        vma = mm.find_vma(vpn << PAGE_SHIFT)
-        if vma is not None and vma.is_droppable:
+        for vpn in mm.vpns_in(vma.start, vma.end):
+            f = pt[vpn].frame
+            if f is None or f is zero or f in seen:
+                continue
             seen.add(f)
             frames.append(f)
     for f in frames:

@@ -142,6 +142,27 @@ vmlck
 smaps L Rss
 """)
 
+probe("mlock_droppable", "priv", f"""
+map D {b(0)} {4*P} 3 {DROP}
+mlock2 D {4*P} 1
+smaps D Rss
+vmflags D
+vmlck
+map A {b(0x100000)} {4*P} 3 {ANON}
+mlock2 A {4*P} 1
+smaps A Rss
+vmflags A
+vmlck
+munlock D {4*P}
+munlock A {4*P}
+vmlck
+map E {b(0x200000)} {4*P} 3 {DROP}
+mlock E {4*P}
+smaps E Rss
+smaps E Locked
+munlock E {4*P}
+""")
+
 probe("ksm", "priv", f"""
 map D {b(0)} {4*P} 3 {DROP}
 madvise D {4*P} 12
