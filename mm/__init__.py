@@ -1,31 +1,31 @@
 """faultpath's pure-Python model of Linux memory management with VM_DROPPABLE.
 
 Stdlib only; never imports Unicorn, capstone, keystone or the emulator. The
-interface contract is docs/mm-api.md. Modules, one concept each:
+interface is described in docs/mm-api.md. Modules, one concept each, from the
+leaves up (no module imports one above it; python tests/import_graph.py):
 
-    flags       PROT_/MAP_/MADV_/MCL_/MREMAP_/VM_/VM_FAULT_/FAULT_FLAG_ values, errno
+    flags       PROT_/MAP_/MADV_/MCL_/MREMAP_/VM_/VM_FAULT_/FAULT_FLAG_ values, errno,
+                VmFlags mnemonics
     kconfig     KernelConfig: build options that change behaviour (soft-dirty)
-    vma         struct vm_area_struct
-    vma_tree    the ordered VMA set: lookup, split, merge
-    page        Frame (struct page) and PTE
-    swapfile    swap slots
+    stats       counters;  stages: FaultStage / FaultResult;  swapfile: swap slots
+    page        Frame (struct page) and PTE (incl. the dropped and guard markers)
+    pgtable     PageTable: touched pages only, walked by range
+    vma         struct vm_area_struct;  vma_tree: the ordered VMA set (split, merge)
+    mm_types    MmStruct / Zone protocols: what the modules below see of MM/PhysMem
+    vmscan      reclaim: drop droppable pages, swap out anonymous ones
     physmem     PhysMem: frames under a budget, zero page, LRU, failure injection
     overcommit  commit accounting (vm_committed_as, overcommit modes)
-    vmscan      reclaim: drop droppable pages, swap out anonymous ones
-    stages      FaultStage / FaultResult
     memory      handle_mm_fault and the per-kind fault handlers
     gup         populate, peek, copy_from_user, FOLL_FORCE poke
     mmap        mmap/munmap, get_unmapped_area
-    mremap      mremap: grow, shrink, move, DONTUNMAP
+    mremap      mremap: grow, shrink, move, DONTUNMAP, multi-VMA move
     mprotect    mprotect
     mlock       mlock/munlock/mlock2/mlockall/munlockall
+    madvise     madvise (incl. KSM advice, populate, guard regions)
     special_mapping  kernel-provided pinned pages (_install_special_mapping)
-    madvise     madvise
-    fork        dup_mm
-    coredump    the core-dump view
-    smaps       /proc/PID/smaps text
+    fork        dup_mm's copy of the address space
+    coredump    the core-dump view;  smaps: /proc/PID/smaps text
     snapshot    snapshot/restore
-    stats       counters
     mm_struct   class MM tying it together
 """
 

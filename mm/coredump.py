@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 from .flags import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE, VM_DONTDUMP, VM_IO
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
 
 
 @dataclass
@@ -102,7 +102,7 @@ def vma_dump_size(vma) -> int:
     return 0
 
 
-def _dumped_pages(mm: "MM", start: int, end: int) -> dict[int, bytes]:
+def _dumped_pages(mm: "MmStruct", start: int, end: int) -> dict[int, bytes]:
     """The pages of [start, end) that hold anything: frames and swap slots (read
     without swapping in). O(entries in range)."""
     pages: dict[int, bytes] = {}
@@ -118,7 +118,7 @@ def _dumped_pages(mm: "MM", start: int, end: int) -> dict[int, bytes]:
     return pages
 
 
-def coredump(mm: "MM") -> CoreDump:
+def coredump(mm: "MmStruct") -> CoreDump:
     segs, phdrs = [], []
     for v in mm.vma_tree:
         size = vma_dump_size(v)

@@ -17,20 +17,22 @@ Per parent VMA:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 from .flags import ENOMEM, VM_ACCOUNT, VM_INIT_DEF_MASK, VM_LOCKED_MASK
 from .overcommit import vm_enough_memory, vm_unacct_memory
 from .page import PTE
+from .special_mapping import dup_special_mappings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
 
 
-def dup_mm(parent: "MM") -> Union["MM", int]:
-    """The child's mm, or -ENOMEM when commit accounting refuses it."""
-    from .mm_struct import MM
+def dup_mm(parent: "MmStruct", allocate_mm: Callable[[], "MmStruct"]) -> Union["MmStruct", int]:
+    """The child's mm, or -ENOMEM when commit accounting refuses it.
 
+    allocate_mm() returns the child's empty mm (allocate_mm() + mm_init() in
+    kernel/fork.c: same PhysMem, same limits); this module fills it in (dup_mmap)."""
     phys = parent.phys
     charged = 0
     for v in parent.vma_tree:
@@ -42,9 +44,7 @@ def dup_mm(parent: "MM") -> Union["MM", int]:
             return -ENOMEM
         charged += v.pages
 
-    child = MM(phys, droppable_oom=parent.droppable_oom, rlimit_memlock=parent.rlimit_memlock,
-               cap_ipc_lock=parent.cap_ipc_lock, mmap_base=parent.mmap_base,
-               task_size=parent.task_size)
+    child = allocate_mm()
     child.def_flags = parent.def_flags & VM_INIT_DEF_MASK
     copied = []
     for v in parent.vma_tree:
@@ -66,9 +66,8 @@ def dup_mm(parent: "MM") -> Union["MM", int]:
                 continue                       # dropped markers are not copied
             if pte.frame is not None and pte.writable:
                 pte = PTE(pte.frame, False)    # COW: write-protect the parent too
-                parent._set_pte(vpn, pte)
-            child._set_pte(vpn, pte)
-    from .special_mapping import dup_special_mappings
+                parent.set_pte(vpn, pte)
+            child.set_pte(vpn, pte)
     if dup_special_mappings(child):
         child.exit_mmap()
         return -ENOMEM

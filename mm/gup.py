@@ -13,10 +13,10 @@ from .flags import (EAGAIN, EFAULT, EINVAL, ENOMEM, FAULT_FLAG_REMOTE, FAULT_FLA
 from .memory import handle_mm_fault
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
 
 
-def _page_ok(mm: "MM", vpn: int, write: bool) -> bool:
+def _page_ok(mm: "MmStruct", vpn: int, write: bool) -> bool:
     """follow_page(): is the page present with the access already allowed?
     For a write, GUP needs an exclusive anonymous page (a COW break), not the W bit
     (FOLL_FORCE may write through a read-only PTE)."""
@@ -28,7 +28,7 @@ def _page_ok(mm: "MM", vpn: int, write: bool) -> bool:
     return pte.writable or pte.frame.exclusive
 
 
-def faultin_page(mm: "MM", addr: int, write: bool) -> int:
+def faultin_page(mm: "MmStruct", addr: int, write: bool) -> int:
     """Fault one page in for GUP; 0 on success or -errno (-ENOMEM on OOM,
     -EFAULT on SIGSEGV/SIGBUS, -EAGAIN when a droppable OOM left it absent)."""
     vpn = addr >> PAGE_SHIFT
@@ -47,7 +47,7 @@ def faultin_page(mm: "MM", addr: int, write: bool) -> int:
     return 0
 
 
-def populate_range(mm: "MM", start: int, end: int, ignore_errors: bool) -> int:
+def populate_range(mm: "MmStruct", start: int, end: int, ignore_errors: bool) -> int:
     """__mm_populate(): fault in [start, end) VMA by VMA, write-faulting private
     writable VMAs (to break COW), skipping VM_LOCKONFAULT, VM_IO/VM_PFNMAP and
     inaccessible (PROT_NONE) VMAs. Returns 0 or the first -errno."""
@@ -65,7 +65,7 @@ def populate_range(mm: "MM", start: int, end: int, ignore_errors: bool) -> int:
     return 0
 
 
-def populate_range_for(mm: "MM", start: int, end: int, write: bool) -> int:
+def populate_range_for(mm: "MmStruct", start: int, end: int, write: bool) -> int:
     """MADV_POPULATE_READ/WRITE (mm/madvise.c madvise_populate): fault the range in
     VMA by VMA with the given access, stopping at the first error: -ENOMEM at a hole
     or on OOM, -EINVAL for a VMA the access is not allowed in (or VM_IO/VM_PFNMAP),
@@ -90,7 +90,7 @@ def populate_range_for(mm: "MM", start: int, end: int, write: bool) -> int:
     return 0
 
 
-def peek(mm: "MM", addr: int, n: int) -> bytes:
+def peek(mm: "MmStruct", addr: int, n: int) -> bytes:
     """Read without faulting: present pages give their frame bytes, swapped pages
     their slot bytes, everything else (not present, dropped, no VMA) zeros."""
     out = bytearray()
@@ -111,7 +111,7 @@ def peek(mm: "MM", addr: int, n: int) -> bytes:
     return bytes(out)
 
 
-def copy_from_user(mm: "MM", addr: int, n: int) -> bytes:
+def copy_from_user(mm: "MmStruct", addr: int, n: int) -> bytes:
     """Up to n bytes at addr, stopping short at the first page outside any VMA or
     in a VMA the user cannot read (like copy_from_user's return value). Does not
     fault anything in; not-present pages of a readable VMA read as zeros."""
@@ -130,7 +130,7 @@ def copy_from_user(mm: "MM", addr: int, n: int) -> bytes:
     return peek(mm, addr, stop - addr)
 
 
-def poke(mm: "MM", addr: int, data: bytes) -> int:
+def poke(mm: "MmStruct", addr: int, data: bytes) -> int:
     """access_process_vm(FOLL_WRITE|FOLL_FORCE), as ptrace POKEDATA: write data,
     faulting pages in and breaking COW (even in read-only private VMAs). Returns
     bytes written; short at a hole, a VM_MAYWRITE-less VMA, or an allocation

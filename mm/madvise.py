@@ -31,7 +31,7 @@ from .page import GUARD_PTE, PTE
 from . import vmscan
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
     from .vma import VMA
 
 _FLAG_ADVICE = {MADV_NORMAL, MADV_RANDOM, MADV_SEQUENTIAL, MADV_DONTFORK, MADV_DOFORK,
@@ -98,15 +98,15 @@ def madvise_new_flags(vma: "VMA", advice: int) -> int:
     raise AssertionError(advice)
 
 
-def _zap(mm: "MM", start: int, end: int) -> None:
+def _zap(mm: "MmStruct", start: int, end: int) -> None:
     """zap_page_range_single(): the range becomes none (not 'dropped'). Guard
     markers survive: only unmapping the VMA removes them."""
     for vpn in mm.vpns_in(start, end):
         if not mm.pt[vpn].guard:
-            mm._set_pte(vpn, None)
+            mm.set_pte(vpn, None)
 
 
-def _guard_install(mm: "MM", vma: "VMA", start: int, end: int) -> int:
+def _guard_install(mm: "MmStruct", vma: "VMA", start: int, end: int) -> int:
     """madvise_guard_install(): flag the whole VMA VM_MAYBE_GUARD (no split), zap
     whatever is mapped in the range and leave a guard marker in every page."""
     if not is_valid_guard_vma(vma.vm_flags, allow_locked=False):
@@ -115,22 +115,22 @@ def _guard_install(mm: "MM", vma: "VMA", start: int, end: int) -> int:
     pt = mm.pt
     for vpn in range(start >> PAGE_SHIFT, end >> PAGE_SHIFT):
         if pt.get(vpn) is not GUARD_PTE:
-            mm._set_pte(vpn, GUARD_PTE)
+            mm.set_pte(vpn, GUARD_PTE)
     return 0
 
 
-def _guard_remove(mm: "MM", vma: "VMA", start: int, end: int) -> int:
+def _guard_remove(mm: "MmStruct", vma: "VMA", start: int, end: int) -> int:
     """madvise_guard_remove(): clear the markers in the range; pages and
     VM_MAYBE_GUARD stay."""
     if not is_valid_guard_vma(vma.vm_flags, allow_locked=True):
         return -EINVAL
     for vpn in mm.vpns_in(start, end):
         if mm.pt[vpn].guard:
-            mm._set_pte(vpn, None)
+            mm.set_pte(vpn, None)
     return 0
 
 
-def _lazyfree(mm: "MM", start: int, end: int) -> None:
+def _lazyfree(mm: "MmStruct", start: int, end: int) -> None:
     """madvise_free_pte_range(): swap entries are freed, exclusive frames become
     lazily freeable and write-protected, so a later write (do_wp_page reuse)
     re-dirties them and cancels the free."""
@@ -139,17 +139,17 @@ def _lazyfree(mm: "MM", start: int, end: int) -> None:
         pte = mm.pt[vpn]
         if pte.frame is None:
             if pte.swap_slot is not None:
-                mm._set_pte(vpn, None)
+                mm.set_pte(vpn, None)
             continue
         f = pte.frame
         if f is zero or not f.exclusive:
             continue
         mm.phys.set_lazyfree(f, True)
         if pte.writable:
-            mm._set_pte(vpn, PTE(f, False))
+            mm.set_pte(vpn, PTE(f, False))
 
 
-def _pageout(mm: "MM", start: int, end: int) -> None:
+def _pageout(mm: "MmStruct", start: int, end: int) -> None:
     """MADV_PAGEOUT: reclaim exclusively mapped pages now (drop droppable ones,
     swap out the rest if swap has room)."""
     phys = mm.phys
@@ -166,7 +166,7 @@ def _pageout(mm: "MM", start: int, end: int) -> None:
             vmscan.swap_out_frame(phys, f)
 
 
-def do_madvise(mm: "MM", start: int, len_in: int, advice: int) -> int:
+def do_madvise(mm: "MmStruct", start: int, len_in: int, advice: int) -> int:
     if advice in (MADV_HWPOISON, MADV_SOFT_OFFLINE):
         return -EPERM                          # needs CAP_SYS_ADMIN
     if advice not in _VALID:
@@ -206,7 +206,7 @@ def do_madvise(mm: "MM", start: int, len_in: int, advice: int) -> int:
     return unmapped_error
 
 
-def _madvise_vma(mm: "MM", vma: "VMA", start: int, end: int, advice: int) -> int:
+def _madvise_vma(mm: "MmStruct", vma: "VMA", start: int, end: int, advice: int) -> int:
     f = vma.vm_flags
     if advice in _FLAG_ADVICE:
         newflags = madvise_new_flags(vma, advice)
@@ -238,7 +238,7 @@ def _madvise_vma(mm: "MM", vma: "VMA", start: int, end: int, advice: int) -> int
     return 0
 
 
-def set_anon_name(mm: "MM", start: int, len_in: int, name: str) -> int:
+def set_anon_name(mm: "MmStruct", start: int, len_in: int, name: str) -> int:
     """prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME): name anonymous VMAs ("" clears);
     smaps then shows [anon:name]. Same range rules as madvise."""
     if len(name) > 79 or any(c in name for c in "\\`$[]") or not name.isprintable():

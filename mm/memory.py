@@ -23,7 +23,7 @@ from .page import PTE, ZERO_BYTES
 from .stages import FaultResult, FaultStage
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
     from .vma import VMA
 
 __all__ = ["access_error", "handle_mm_fault", "FaultResult", "FaultStage"]
@@ -43,7 +43,7 @@ def access_error(vma: "VMA", flags: int) -> bool:
     return not (f & (VM_READ | VM_WRITE | VM_EXEC))
 
 
-def handle_mm_fault(mm: "MM", vma: Optional["VMA"], address: int, flags: int) -> FaultResult:
+def handle_mm_fault(mm: "MmStruct", vma: Optional["VMA"], address: int, flags: int) -> FaultResult:
     """Resolve a fault at ``address`` in ``vma`` (as found by mm.find_vma).
 
     Applies the droppable-OOM rule after the PTE-level handler, regardless of user
@@ -94,7 +94,7 @@ def handle_mm_fault(mm: "MM", vma: Optional["VMA"], address: int, flags: int) ->
     return FaultResult(ret, stages)
 
 
-def handle_pte_fault(mm: "MM", vma: "VMA", address: int, flags: int,
+def handle_pte_fault(mm: "MmStruct", vma: "VMA", address: int, flags: int,
                      stages: list[FaultStage]) -> int:
     vpn = address >> PAGE_SHIFT
     pte = mm.pt.get(vpn)
@@ -115,12 +115,12 @@ def handle_pte_fault(mm: "MM", vma: "VMA", address: int, flags: int,
     return 0
 
 
-def _anon_vma_prepare(mm: "MM", vma: "VMA") -> None:
+def _anon_vma_prepare(mm: "MmStruct", vma: "VMA") -> None:
     if vma.anon_vma is None:
         vma.anon_vma = mm.new_anon_vma_id()
 
 
-def _new_zeroed(mm: "MM", vma: "VMA", vpn: int, stages: list[FaultStage],
+def _new_zeroed(mm: "MmStruct", vma: "VMA", vpn: int, stages: list[FaultStage],
                 from_zero_page: bool) -> int:
     frame = mm.phys.alloc_frame(stages, droppable=vma.is_droppable)
     if frame is None:
@@ -129,15 +129,15 @@ def _new_zeroed(mm: "MM", vma: "VMA", vpn: int, stages: list[FaultStage],
     frame.data[:] = ZERO_BYTES
     stages.append(FaultStage("zero_fill", {"pfn": frame.pfn, "from_zero_page": from_zero_page}))
     mm.stats.zero_fills += 1
-    mm._set_pte(vpn, PTE(frame, bool(vma.vm_flags & VM_WRITE)))
+    mm.set_pte(vpn, PTE(frame, bool(vma.vm_flags & VM_WRITE)))
     return 0
 
 
-def do_anonymous_page(mm: "MM", vma: "VMA", vpn: int, flags: int,
+def do_anonymous_page(mm: "MmStruct", vma: "VMA", vpn: int, flags: int,
                       stages: list[FaultStage]) -> int:
     if not flags & FAULT_FLAG_WRITE:
         # Read of a never-written page: the zero page, read-only, nothing allocated.
-        mm._set_pte(vpn, mm.phys.zero_pte)
+        mm.set_pte(vpn, mm.phys.zero_pte)
         stages.append(FaultStage("map_zero_page", {}))
         mm.stats.zero_page_maps += 1
         mm.stats.faults_by_kind["anon_zero_page"] += 1
@@ -148,7 +148,7 @@ def do_anonymous_page(mm: "MM", vma: "VMA", vpn: int, flags: int,
     return ret
 
 
-def do_wp_page(mm: "MM", vma: "VMA", vpn: int, pte: PTE, stages: list[FaultStage]) -> int:
+def do_wp_page(mm: "MmStruct", vma: "VMA", vpn: int, pte: PTE, stages: list[FaultStage]) -> int:
     phys = mm.phys
     old = pte.frame
     writable = bool(vma.vm_flags & VM_WRITE)
@@ -162,7 +162,7 @@ def do_wp_page(mm: "MM", vma: "VMA", vpn: int, pte: PTE, stages: list[FaultStage
         # wp_page_reuse(): we are the only user; just set the W bit (and a write
         # re-dirties an MADV_FREE'd page, which cancels the lazy free).
         phys.set_lazyfree(old, False)
-        mm._set_pte(vpn, PTE(old, writable))
+        mm.set_pte(vpn, PTE(old, writable))
         stages.append(FaultStage("reuse", {"pfn": old.pfn}))
         mm.stats.reuses += 1
         mm.stats.faults_by_kind["wp_reuse"] += 1
@@ -173,7 +173,7 @@ def do_wp_page(mm: "MM", vma: "VMA", vpn: int, pte: PTE, stages: list[FaultStage
         # budget sees one frame traded for another (no allocation, cannot fail).
         new = phys.alloc_frame(None, droppable=old.droppable, exempt=True)
         new.data[:] = old.data
-        mm._set_pte(vpn, PTE(new, writable))
+        mm.set_pte(vpn, PTE(new, writable))
         stages.append(FaultStage("reuse", {"pfn": new.pfn, "snapshot_copy": True}))
         mm.stats.reuses += 1
         mm.stats.faults_by_kind["wp_reuse"] += 1
@@ -195,11 +195,11 @@ def do_wp_page(mm: "MM", vma: "VMA", vpn: int, pte: PTE, stages: list[FaultStage
     stages.append(FaultStage("cow_copy", {"from_pfn": old.pfn, "pfn": new.pfn}))
     mm.stats.cow_copies += 1
     mm.stats.faults_by_kind["wp_copy"] += 1
-    mm._set_pte(vpn, PTE(new, writable))
+    mm.set_pte(vpn, PTE(new, writable))
     return 0
 
 
-def do_swap_page(mm: "MM", vma: "VMA", vpn: int, pte: PTE, flags: int,
+def do_swap_page(mm: "MmStruct", vma: "VMA", vpn: int, pte: PTE, flags: int,
                  stages: list[FaultStage]) -> int:
     phys = mm.phys
     slot = phys.swap.get(pte.swap_slot)
@@ -214,7 +214,7 @@ def do_swap_page(mm: "MM", vma: "VMA", vpn: int, pte: PTE, flags: int,
     # The new frame is exclusive: writable right away for a write fault; a read
     # fault maps it read-only and a later write reuses it.
     write = bool(flags & FAULT_FLAG_WRITE) and bool(vma.vm_flags & VM_WRITE)
-    mm._set_pte(vpn, PTE(new, write))
+    mm.set_pte(vpn, PTE(new, write))
     mm.stats.swapins += 1
     phys.stats.swapins += 1
     mm.stats.faults_by_kind["swap_in"] += 1

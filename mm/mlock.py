@@ -19,11 +19,11 @@ from .gup import populate_range
 from .mmap import can_do_mlock
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
     from .vma import VMA
 
 
-def mlock_fixup(mm: "MM", vma: "VMA", start: int, end: int, newflags: int) -> None:
+def mlock_fixup(mm: "MmStruct", vma: "VMA", start: int, end: int, newflags: int) -> None:
     oldflags = vma.vm_flags
     if newflags == oldflags or oldflags & (VM_SPECIAL | VM_HUGETLB | VM_DROPPABLE):
         return                          # don't set VM_LOCKED/VM_LOCKONFAULT, don't count
@@ -37,7 +37,7 @@ def mlock_fixup(mm: "MM", vma: "VMA", start: int, end: int, newflags: int) -> No
         v.vm_flags = newflags
 
 
-def apply_vma_lock_flags(mm: "MM", start: int, length: int, flags: int) -> int:
+def apply_vma_lock_flags(mm: "MmStruct", start: int, length: int, flags: int) -> int:
     end = start + length
     if end < start:
         return -EINVAL
@@ -57,7 +57,7 @@ def apply_vma_lock_flags(mm: "MM", start: int, length: int, flags: int) -> int:
     return error
 
 
-def count_mm_mlocked_page_nr(mm: "MM", start: int, length: int) -> int:
+def count_mm_mlocked_page_nr(mm: "MmStruct", start: int, length: int) -> int:
     end = start + length
     n = 0
     for v in mm.vma_tree.overlapping(start, end):
@@ -75,7 +75,7 @@ def _posix_error(err: int) -> int:
     return err
 
 
-def do_mlock(mm: "MM", start: int, length: int, vm_flags: int) -> int:
+def do_mlock(mm: "MmStruct", start: int, length: int, vm_flags: int) -> int:
     if not can_do_mlock(mm):
         return -EPERM
     length = page_align(length + (start & ~PAGE_MASK))
@@ -93,24 +93,24 @@ def do_mlock(mm: "MM", start: int, length: int, vm_flags: int) -> int:
     return _posix_error(error) if error < 0 else 0
 
 
-def sys_mlock(mm: "MM", start: int, length: int) -> int:
+def sys_mlock(mm: "MmStruct", start: int, length: int) -> int:
     return do_mlock(mm, start, length, VM_LOCKED)
 
 
-def sys_mlock2(mm: "MM", start: int, length: int, flags: int) -> int:
+def sys_mlock2(mm: "MmStruct", start: int, length: int, flags: int) -> int:
     if flags & ~MLOCK_ONFAULT:
         return -EINVAL
     return do_mlock(mm, start, length,
                     VM_LOCKED | (VM_LOCKONFAULT if flags & MLOCK_ONFAULT else 0))
 
 
-def sys_munlock(mm: "MM", start: int, length: int) -> int:
+def sys_munlock(mm: "MmStruct", start: int, length: int) -> int:
     length = page_align(length + (start & ~PAGE_MASK))
     start &= PAGE_MASK
     return apply_vma_lock_flags(mm, start, length, 0)
 
 
-def apply_mlockall_flags(mm: "MM", flags: int) -> int:
+def apply_mlockall_flags(mm: "MmStruct", flags: int) -> int:
     mm.def_flags &= ~VM_LOCKED_MASK
     if flags & MCL_FUTURE:
         mm.def_flags |= VM_LOCKED
@@ -130,7 +130,7 @@ def apply_mlockall_flags(mm: "MM", flags: int) -> int:
     return 0
 
 
-def sys_mlockall(mm: "MM", flags: int) -> int:
+def sys_mlockall(mm: "MmStruct", flags: int) -> int:
     if (not flags or flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)
             or flags == MCL_ONFAULT):
         return -EINVAL
@@ -145,5 +145,5 @@ def sys_mlockall(mm: "MM", flags: int) -> int:
     return ret
 
 
-def sys_munlockall(mm: "MM") -> int:
+def sys_munlockall(mm: "MmStruct") -> int:
     return apply_mlockall_flags(mm, 0)

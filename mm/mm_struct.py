@@ -151,9 +151,9 @@ class MM:
         entry: O(entries in range), however large the range."""
         return self.pt.vpns_in(start >> PAGE_SHIFT, (end + PAGE_SIZE - 1) >> PAGE_SHIFT)
 
-    def _set_pte(self, vpn: int, new: Optional[PTE]) -> None:
+    def set_pte(self, vpn: int, new: Optional[PTE]) -> None:
         """set_pte_at()/pte_clear() with the bookkeeping: reverse map, frame charge,
-        swap slot counts, and the change record."""
+        swap slot counts, and the change record. Every PTE change goes through here."""
         pt = self.pt
         old = pt.get(vpn)
         if old is new:
@@ -180,9 +180,11 @@ class MM:
             pt[vpn] = new
         self._changed_vpns.add(vpn)
 
+    _set_pte = set_pte                        # the earlier name, kept for callers
+
     def zap_range(self, start: int, end: int) -> None:
         for vpn in self.vpns_in(start, end):
-            self._set_pte(vpn, None)
+            self.set_pte(vpn, None)
 
     # --- the change log ---------------------------------------------------------------
     def mark_changed(self, start: int, end: int) -> None:
@@ -254,7 +256,10 @@ class MM:
     # --- fork / exit --------------------------------------------------------------------------------
     def dup_mm(self) -> Union["MM", int]:
         """fork(): the child's mm sharing this PhysMem, or -ENOMEM (strict overcommit)."""
-        return _fork.dup_mm(self)
+        return _fork.dup_mm(self, lambda: MM(
+            self.phys, droppable_oom=self.droppable_oom, rlimit_memlock=self.rlimit_memlock,
+            cap_ipc_lock=self.cap_ipc_lock, mmap_base=self.mmap_base, task_size=self.task_size,
+            mmap_min_addr=self.mmap_min_addr))
 
     def exit_mmap(self) -> None:
         """Tear the address space down (process exit)."""

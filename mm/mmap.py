@@ -28,17 +28,17 @@ from .overcommit import accountable_mapping, vm_enough_memory, vm_unacct_memory
 from .vma import VMA
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
 
 MAX_MAP_COUNT = 65530           # /proc/sys/vm/max_map_count default
 
 
-def can_do_mlock(mm: "MM") -> bool:
+def can_do_mlock(mm: "MmStruct") -> bool:
     """mm/mlock.c can_do_mlock(): a non-zero RLIMIT_MEMLOCK or CAP_IPC_LOCK."""
     return mm.cap_ipc_lock or mm.rlimit_memlock != 0
 
 
-def mlock_future_ok(mm: "MM", vm_flags: int, nbytes: int) -> bool:
+def mlock_future_ok(mm: "MmStruct", vm_flags: int, nbytes: int) -> bool:
     """mm/mmap.c mlock_future_ok(): would locking nbytes more stay within RLIMIT_MEMLOCK?"""
     if not vm_flags & VM_LOCKED or mm.cap_ipc_lock:
         return True
@@ -51,7 +51,7 @@ def vma_supports_mlock(vm_flags: int) -> bool:
     return not vm_flags & (VM_SPECIAL | VM_HUGETLB | VM_DROPPABLE)
 
 
-def get_unmapped_area(mm: "MM", addr: int, length: int, flags: int) -> int:
+def get_unmapped_area(mm: "MmStruct", addr: int, length: int, flags: int) -> int:
     """x86-64 top-down allocator: honour MAP_FIXED, then a free hint, then the
     highest gap below mmap_base, then anything up to TASK_SIZE."""
     task_size = mm.task_size
@@ -77,7 +77,7 @@ def get_unmapped_area(mm: "MM", addr: int, length: int, flags: int) -> int:
     return -ENOMEM
 
 
-def do_mmap(mm: "MM", addr: int, length: int, prot: int, flags: int, fd: int = -1,
+def do_mmap(mm: "MmStruct", addr: int, length: int, prot: int, flags: int, fd: int = -1,
             offset: int = 0) -> int:
     """mmap(2) for anonymous memory. Returns the address or -errno."""
     if offset & ~PAGE_MASK:
@@ -150,7 +150,7 @@ def do_mmap(mm: "MM", addr: int, length: int, prot: int, flags: int, fd: int = -
     return addr
 
 
-def mmap_region(mm: "MM", addr: int, length: int, vm_flags: int) -> int:
+def mmap_region(mm: "MmStruct", addr: int, length: int, vm_flags: int) -> int:
     """Replace whatever is at [addr, addr+length) by a new anonymous VMA."""
     end = addr + length
     pages = length >> 12
@@ -181,7 +181,7 @@ def mmap_region(mm: "MM", addr: int, length: int, vm_flags: int) -> int:
     return addr
 
 
-def do_munmap(mm: "MM", start: int, length: int) -> int:
+def do_munmap(mm: "MmStruct", start: int, length: int) -> int:
     """munmap(2)."""
     if start & ~PAGE_MASK or start > mm.task_size or length > mm.task_size - start:
         return -EINVAL
@@ -192,7 +192,7 @@ def do_munmap(mm: "MM", start: int, length: int) -> int:
     return 0
 
 
-def do_munmap_range(mm: "MM", start: int, end: int) -> None:
+def do_munmap_range(mm: "MmStruct", start: int, end: int) -> None:
     """Remove [start, end): split boundary VMAs, free their pages and swap slots,
     undo their commit charge and locked_vm."""
     for v in mm.vma_tree.isolate(start, end):

@@ -12,11 +12,11 @@ from .overcommit import needs_mprotect_charge, vm_enough_memory, vm_unacct_memor
 from .page import PTE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
     from .vma import VMA
 
 
-def do_mprotect(mm: "MM", start: int, length: int, prot: int) -> int:
+def do_mprotect(mm: "MmStruct", start: int, length: int, prot: int) -> int:
     grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP)
     prot &= ~grows
     if grows == (PROT_GROWSDOWN | PROT_GROWSUP):
@@ -65,7 +65,7 @@ def do_mprotect(mm: "MM", start: int, length: int, prot: int) -> int:
     return error
 
 
-def mprotect_fixup(mm: "MM", vma: "VMA", start: int, end: int, newflags: int) -> int:
+def mprotect_fixup(mm: "MmStruct", vma: "VMA", start: int, end: int, newflags: int) -> int:
     oldflags = vma.vm_flags
     if newflags == oldflags:
         return 0
@@ -88,7 +88,7 @@ def mprotect_fixup(mm: "MM", vma: "VMA", start: int, end: int, newflags: int) ->
         for vpn in mm.vpns_in(start, end):
             pte = mm.pt[vpn]
             if pte.writable:
-                mm._set_pte(vpn, PTE(pte.frame, False))
+                mm.set_pte(vpn, PTE(pte.frame, False))
     # Gaining write leaves PTEs read-only: the next write reuses exclusive frames
     # through do_wp_page (the kernel's MM_CP_TRY_CHANGE_WRITABLE shortcut needs
     # pte_dirty, which is not modelled).

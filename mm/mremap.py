@@ -27,11 +27,11 @@ from .mmap import MAX_MAP_COUNT, do_munmap_range, get_unmapped_area, mlock_futur
 from .overcommit import vm_enough_memory
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
     from .vma import VMA
 
 
-def do_mremap(mm: "MM", addr: int, old_len: int, new_len: int, flags: int,
+def do_mremap(mm: "MmStruct", addr: int, old_len: int, new_len: int, flags: int,
               new_addr: int = 0) -> int:
     """mremap(2): the (new) address, or -errno."""
     err = _check_params(mm, addr, old_len, new_len, flags, new_addr)
@@ -71,7 +71,7 @@ def do_mremap(mm: "MM", addr: int, old_len: int, new_len: int, flags: int,
     return move_vma(mm, vma, addr, old_len, new_len, target, dontunmap)
 
 
-def _check_params(mm: "MM", addr: int, old_len: int, new_len: int, flags: int,
+def _check_params(mm: "MmStruct", addr: int, old_len: int, new_len: int, flags: int,
                   new_addr: int) -> int:
     """check_mremap_params(): everything that needs no VMA."""
     if flags & ~(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP):
@@ -95,7 +95,7 @@ def _check_params(mm: "MM", addr: int, old_len: int, new_len: int, flags: int,
     return 0
 
 
-def _check_resize(mm: "MM", vma: "VMA", addr: int, old_len: int, new_len: int) -> int:
+def _check_resize(mm: "MmStruct", vma: "VMA", addr: int, old_len: int, new_len: int) -> int:
     """check_prep_vma() for a move or a growth: the old range lies in one VMA, and
     a growth must be allowed by the VMA and by RLIMIT_MEMLOCK."""
     if old_len > vma.end - addr:
@@ -109,12 +109,12 @@ def _check_resize(mm: "MM", vma: "VMA", addr: int, old_len: int, new_len: int) -
     return 0
 
 
-def _expandable(mm: "MM", vma: "VMA", new_end: int) -> bool:
+def _expandable(mm: "MmStruct", vma: "VMA", new_end: int) -> bool:
     """vma_expandable(): nothing mapped between the VMA's end and new_end."""
     return new_end <= mm.task_size and not mm.vma_tree.overlapping(vma.end, new_end)
 
 
-def _expand_in_place(mm: "MM", vma: "VMA", addr: int, old_len: int, new_len: int) -> int:
+def _expand_in_place(mm: "MmStruct", vma: "VMA", addr: int, old_len: int, new_len: int) -> int:
     pages = (new_len - old_len) >> PAGE_SHIFT
     if vma.vm_flags & VM_ACCOUNT and vm_enough_memory(mm.phys, pages, mm):
         return -ENOMEM
@@ -129,7 +129,7 @@ def _expand_in_place(mm: "MM", vma: "VMA", addr: int, old_len: int, new_len: int
     return addr
 
 
-def _mremap_to(mm: "MM", vma: "VMA", addr: int, old_len: int, new_len: int,
+def _mremap_to(mm: "MmStruct", vma: "VMA", addr: int, old_len: int, new_len: int,
                new_addr: int, dontunmap: bool) -> int:
     """MREMAP_FIXED with a size change: unmap the target, shrink the source first
     if asked, then move."""
@@ -150,7 +150,7 @@ def _mremap_to(mm: "MM", vma: "VMA", addr: int, old_len: int, new_len: int,
     return move_vma(mm, vma, addr, old_len, new_len, new_addr, dontunmap)
 
 
-def _remap_move(mm: "MM", addr: int, length: int, new_addr: int, dontunmap: bool) -> int:
+def _remap_move(mm: "MmStruct", addr: int, length: int, new_addr: int, dontunmap: bool) -> int:
     """remap_move() (6.17): a pure move with MREMAP_FIXED takes every VMA of
     [addr, addr+length) along, gaps included (the target's gaps are left alone).
     No gap is allowed at the start. A failure part-way leaves a partial move."""
@@ -180,7 +180,7 @@ def _remap_move(mm: "MM", addr: int, length: int, new_addr: int, dontunmap: bool
     return result
 
 
-def move_vma(mm: "MM", vma: "VMA", old_addr: int, old_len: int, new_len: int,
+def move_vma(mm: "MmStruct", vma: "VMA", old_addr: int, old_len: int, new_len: int,
              new_addr: int, dontunmap: bool) -> int:
     """Give [old_addr, old_addr+old_len) of vma a new home of new_len bytes at
     new_addr (already free), carrying its PTEs over."""
@@ -206,10 +206,10 @@ def move_vma(mm: "MM", vma: "VMA", old_addr: int, old_len: int, new_len: int,
     for vpn in mm.vpns_in(old_addr, old_end):
         pte = pt[vpn]
         if pte.none:
-            mm._set_pte(vpn, None)           # a dropped marker stays behind, as none
+            mm.set_pte(vpn, None)           # a dropped marker stays behind, as none
             continue
-        mm._set_pte(vpn + delta, pte)
-        mm._set_pte(vpn, None)
+        mm.set_pte(vpn + delta, pte)
+        mm.set_pte(vpn, None)
 
     if flags & VM_LOCKED:
         mm.locked_vm += new_len >> PAGE_SHIFT

@@ -14,8 +14,7 @@ from .flags import (ENOMEM, OVERCOMMIT_ALWAYS, OVERCOMMIT_GUESS, VM_ACCOUNT, VM_
                     VM_NORESERVE, VM_SHARED, VM_WRITE)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
-    from .physmem import PhysMem
+    from .mm_types import MmStruct, Zone
 
 
 def accountable_mapping(vm_flags: int) -> bool:
@@ -29,7 +28,7 @@ def needs_mprotect_charge(old_flags: int, new_flags: int) -> bool:
         old_flags & (VM_ACCOUNT | VM_WRITE | VM_HUGETLB | VM_SHARED | VM_NORESERVE))
 
 
-def vm_commit_limit(phys: "PhysMem") -> int:
+def vm_commit_limit(phys: "Zone") -> int:
     """CommitLimit in pages: RAM * overcommit_ratio / 100 + swap
     (or overcommit_kbytes instead of the ratio when set)."""
     if phys.overcommit_kbytes:
@@ -39,7 +38,7 @@ def vm_commit_limit(phys: "PhysMem") -> int:
     return allowed + phys.swap.nr_pages
 
 
-def vm_enough_memory(phys: "PhysMem", pages: int, mm: Optional["MM"] = None,
+def vm_enough_memory(phys: "Zone", pages: int, mm: Optional["MmStruct"] = None,
                      cap_sys_admin: bool = False) -> int:
     """__vm_enough_memory(): charge ``pages`` to vm_committed_as, or return -ENOMEM."""
     phys.vm_committed_as += pages
@@ -62,6 +61,6 @@ def vm_enough_memory(phys: "PhysMem", pages: int, mm: Optional["MM"] = None,
     return -ENOMEM
 
 
-def vm_unacct_memory(phys: "PhysMem", pages: int) -> None:
+def vm_unacct_memory(phys: "Zone", pages: int) -> None:
     phys.vm_committed_as -= pages
     assert phys.vm_committed_as >= 0, "commit accounting underflow"

@@ -8,12 +8,9 @@ emulator maps it into Unicorn by pointer, so it is only ever written in place
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 from .flags import PAGE_SIZE
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
 
 ZERO_BYTES = bytes(PAGE_SIZE)
 
@@ -59,7 +56,9 @@ class Frame:
         """Mapped by exactly one PTE and referenced by nothing else."""
         return len(self.rmap) == 1 and self.snap_refs == 0 and not self.is_zero
 
-    def mappers(self) -> list[tuple["MM", int]]:
+    def mappers(self) -> list[tuple[Any, int]]:
+        """(mm, vaddr) of every PTE mapping the frame (the mm: an mm_types.MmStruct;
+        page.py stays below mm_types, so the type is not spelled here)."""
         return list(self.rmap)
 
 

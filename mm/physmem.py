@@ -23,7 +23,7 @@ from .swapfile import SwapArea
 from . import vmscan
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
 
 
 class PhysMem:
@@ -186,12 +186,12 @@ class PhysMem:
             dst[frame] = None
 
     # --- reverse map ---------------------------------------------------------------
-    def rmap_add(self, frame: Frame, mm: "MM", vaddr: int) -> None:
+    def rmap_add(self, frame: Frame, mm: "MmStruct", vaddr: int) -> None:
         frame.rmap.add((mm, vaddr))
         if not frame.charged:
             self._charge(frame)
 
-    def rmap_remove(self, frame: Frame, mm: "MM", vaddr: int) -> None:
+    def rmap_remove(self, frame: Frame, mm: "MmStruct", vaddr: int) -> None:
         frame.rmap.discard((mm, vaddr))
         frame.stale.append((mm.id, self._mm_gen.get(mm.id, 0)))
         if not frame.rmap:
@@ -210,13 +210,13 @@ class PhysMem:
             self._release(frame)
 
     # --- mm registry (for safe frame recycling) ------------------------------------------
-    def register_mm(self, mm: "MM") -> None:
+    def register_mm(self, mm: "MmStruct") -> None:
         self._mm_gen[mm.id] = 0
 
-    def unregister_mm(self, mm: "MM") -> None:
+    def unregister_mm(self, mm: "MmStruct") -> None:
         self._mm_gen.pop(mm.id, None)
 
-    def note_drain(self, mm: "MM") -> None:
+    def note_drain(self, mm: "MmStruct") -> None:
         if mm.id in self._mm_gen:
             self._mm_gen[mm.id] += 1
 

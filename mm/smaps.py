@@ -16,7 +16,7 @@ from .flags import (PAGE_SIZE, VM_EXEC, VM_FLAG_MNEMONICS, VM_LOCKED, VM_MAYSHAR
 __all__ = ["VM_FLAG_MNEMONICS", "vm_flags_str", "vma_header", "vma_usage", "smaps"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
 
 
 def vma_header(vma) -> str:
@@ -29,7 +29,7 @@ def vma_header(vma) -> str:
     return line
 
 
-def vma_usage(mm: "MM", vma) -> dict[str, int]:
+def vma_usage(mm: "MmStruct", vma) -> dict[str, int]:
     """Per-VMA page counters in kB, as show_smap computes them."""
     rss = shared = private = swap = lazy = 0
     pss = pss_dirty = swap_pss = 0.0
@@ -67,7 +67,7 @@ def vma_usage(mm: "MM", vma) -> dict[str, int]:
     }
 
 
-def smaps(mm: "MM") -> str:
+def smaps(mm: "MmStruct") -> str:
     out = []
     kb = PAGE_SIZE // 1024
     for v in mm.vma_tree:

@@ -33,8 +33,7 @@ from .vma import VMA
 from .vma_tree import VmaTree
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
-    from .physmem import PhysMem
+    from .mm_types import MmStruct, Zone
 
 
 @dataclass(eq=False)
@@ -61,7 +60,7 @@ class MMSnapshot:
         return [p.frame for p in self.ptes.values() if p.frame is not None and not p.frame.is_zero]
 
 
-def _release_refs(phys: "PhysMem", frames: list, slots: list[int]) -> None:
+def _release_refs(phys: "Zone", frames: list, slots: list[int]) -> None:
     for f in frames:
         phys.snap_put(f)
     for s in slots:
@@ -72,11 +71,11 @@ def _committed(vmas) -> int:
     return sum(v.pages for v in vmas if v.vm_flags & VM_ACCOUNT)
 
 
-def take_snapshot(mm: "MM") -> MMSnapshot:
+def take_snapshot(mm: "MmStruct") -> MMSnapshot:
     phys = mm.phys
     for vpn, pte in mm.pt.items():
         if pte.frame is not None and pte.writable:
-            mm._set_pte(vpn, PTE(pte.frame, False, snap_wp=True))
+            mm.set_pte(vpn, PTE(pte.frame, False, snap_wp=True))
     ptes = mm.pt.copy()
     frames = [p.frame for p in ptes.values() if p.frame is not None and not p.frame.is_zero]
     slots = [p.swap_slot for p in ptes.values() if p.swap_slot is not None]
@@ -93,7 +92,7 @@ def take_snapshot(mm: "MM") -> MMSnapshot:
 _PROT = VM_READ | VM_WRITE | VM_EXEC
 
 
-def restore_snapshot(mm: "MM", snap: MMSnapshot) -> None:
+def restore_snapshot(mm: "MmStruct", snap: MMSnapshot) -> None:
     if snap.mm_id != mm.id:
         raise ValueError("snapshot belongs to another mm")
     if snap.released:
@@ -109,9 +108,9 @@ def restore_snapshot(mm: "MM", snap: MMSnapshot) -> None:
     pt = mm.pt
     for vpn, pte in snap.ptes.items():
         if pt.get(vpn) is not pte:
-            mm._set_pte(vpn, pte)
+            mm.set_pte(vpn, pte)
     for vpn in [v for v in pt if v not in snap.ptes]:
-        mm._set_pte(vpn, None)
+        mm.set_pte(vpn, None)
 
     mm.phys.vm_committed_as += snap.committed - _committed(old_vmas)
     tree = VmaTree()

@@ -29,7 +29,7 @@ from .page import PTE, ZERO_BYTES
 from .vma import VMA
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
+    from .mm_types import MmStruct
 
 # What marks a mapping as kernel-provided, pinned state pages.
 PINNED_MARK = VM_IO | VM_DONTEXPAND | VM_WIPEONFORK
@@ -42,7 +42,7 @@ def is_pinned_mapping(vma: VMA) -> bool:
     return (vma.vm_flags & PINNED_MARK) == PINNED_MARK
 
 
-def populate_special_mapping(mm: "MM", vma: VMA) -> int:
+def populate_special_mapping(mm: "MmStruct", vma: VMA) -> int:
     """Give every page of vma a freshly allocated zeroed frame (vm_insert_page).
     Returns 0, or -ENOMEM when the allocator fails (pages already mapped stay)."""
     phys = mm.phys
@@ -57,11 +57,11 @@ def populate_special_mapping(mm: "MM", vma: VMA) -> int:
         if vma.anon_vma is None:
             vma.anon_vma = mm.new_anon_vma_id()
         frame.data[:] = ZERO_BYTES
-        mm._set_pte(vpn, PTE(frame, True))
+        mm.set_pte(vpn, PTE(frame, True))
     return 0
 
 
-def install_special_mapping(mm: "MM", length: int, vm_flags: int = PINNED_VM_FLAGS,
+def install_special_mapping(mm: "MmStruct", length: int, vm_flags: int = PINNED_VM_FLAGS,
                             name: str = PINNED_NAME) -> int:
     """Map ``length`` bytes of kernel-provided, populated pages; the address or -errno."""
     from .mmap import do_munmap_range, get_unmapped_area
@@ -82,7 +82,7 @@ def install_special_mapping(mm: "MM", length: int, vm_flags: int = PINNED_VM_FLA
     return addr
 
 
-def dup_special_mappings(child: "MM") -> int:
+def dup_special_mappings(child: "MmStruct") -> int:
     """dup_mm's part: the child's (wiped) pinned mappings get fresh pages."""
     for v in child.vma_tree.as_list():
         if is_pinned_mapping(v):

@@ -27,8 +27,7 @@ from .flags import PAGE_SHIFT, VM_IO, VM_LOCKED
 from .page import DROPPED_PTE, PTE, Frame
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .mm_struct import MM
-    from .physmem import PhysMem
+    from .mm_types import MmStruct, Zone
 
 
 @dataclass
@@ -66,30 +65,30 @@ def frame_unevictable(frame: Frame) -> bool:
     return False
 
 
-def discard_frame(phys: "PhysMem", frame: Frame) -> None:
+def discard_frame(phys: "Zone", frame: Frame) -> None:
     """Unmap a discardable frame from every PTE. Droppable pages leave the
     'dropped' marker; a later read maps the zero page, a write a fresh zeroed frame."""
     marker = DROPPED_PTE if frame.droppable else None
     for mm, vaddr in list(frame.rmap):
-        mm._set_pte(vaddr >> PAGE_SHIFT, marker)
+        mm.set_pte(vaddr >> PAGE_SHIFT, marker)
         mm.stats.drops += 1
     phys.stats.drops += 1
 
 
-def swap_out_frame(phys: "PhysMem", frame: Frame) -> bool:
+def swap_out_frame(phys: "Zone", frame: Frame) -> bool:
     """Write the frame to a swap slot and point every mapping PTE at it."""
     slot = phys.swap.alloc(frame.data, origin=tuple(sorted((mm.id, vaddr) for mm, vaddr in frame.rmap)))
     if slot is None:
         return False
     pte = PTE(None, False, slot.slot)
     for mm, vaddr in list(frame.rmap):
-        mm._set_pte(vaddr >> PAGE_SHIFT, pte)
+        mm.set_pte(vaddr >> PAGE_SHIFT, pte)
         mm.stats.swapouts += 1
     phys.stats.swapouts += 1
     return True
 
 
-def _scan(phys: "PhysMem", lru: "OrderedDict[Frame, None]", target: int,
+def _scan(phys: "Zone", lru: "OrderedDict[Frame, None]", target: int,
           res: ReclaimResult, swap: bool) -> int:
     got = 0
     budget = len(lru)                       # look at each frame at most once per pass
@@ -117,7 +116,7 @@ def _scan(phys: "PhysMem", lru: "OrderedDict[Frame, None]", target: int,
     return got
 
 
-def shrink(phys: "PhysMem", nr_to_reclaim: int) -> ReclaimResult:
+def shrink(phys: "Zone", nr_to_reclaim: int) -> ReclaimResult:
     """One reclaim pass: discardable pages first, then swap-out (if any swap)."""
     phys.stats.reclaim_runs += 1
     res = ReclaimResult()
@@ -127,7 +126,7 @@ def shrink(phys: "PhysMem", nr_to_reclaim: int) -> ReclaimResult:
     return res
 
 
-def reclaim(phys: "PhysMem", need: int) -> ReclaimResult:
+def reclaim(phys: "Zone", need: int) -> ReclaimResult:
     """try_to_free_pages(): shrink until ``need`` pages were freed or no progress."""
     total = ReclaimResult()
     while True:
@@ -139,7 +138,7 @@ def reclaim(phys: "PhysMem", need: int) -> ReclaimResult:
             return total
 
 
-def drop_mm_droppable(mm: "MM") -> int:
+def drop_mm_droppable(mm: "MmStruct") -> int:
     """Discard every present page of mm's droppable VMAs (the `drop` injection:
     what reclaim would eventually do to all of them). Returns pages dropped."""
     zero = mm.phys.zero_frame
@@ -160,7 +159,7 @@ def drop_mm_droppable(mm: "MM") -> int:
     return len(frames)
 
 
-def drop_all_droppable(phys: "PhysMem") -> int:
+def drop_all_droppable(phys: "Zone") -> int:
     """Discard every droppable frame of every mm sharing phys."""
     frames = [f for f in phys.lru_drop if f.droppable]
     for f in frames:
