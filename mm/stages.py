@@ -11,7 +11,7 @@ from .flags import (VM_FAULT_ERROR, VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_SIGS
 # Every stage kind mm emits, in the order they can occur within one fault.
 STAGE_KINDS = (
     "vma_check",       # handle_mm_fault's sanity checks on (vma, address, flags)
-    "sigsegv",         # vma_check failed: VM_FAULT_SIGSEGV
+    "sigsegv",         # vma_check failed, or a guard-region PTE: VM_FAULT_SIGSEGV
     "spurious",        # the PTE already allows the access (e.g. another fault fixed it)
     "map_zero_page",   # read fault on a none PTE: the shared zero page mapped read-only
     "swap_in",         # do_swap_page: bytes copied back from a swap slot
