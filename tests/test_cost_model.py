@@ -119,6 +119,78 @@ def test_split_access_penalties():
     assert P.mem_access_penalty(0x1FFC, 8, store=True) == pytest.approx(P.to_tsc(P.core["store_page_split"]))
 
 
+# --- memory dependencies by address (emulator/cycles/memdeps.py) ----------------------------
+
+FWD = P.core["store_forward_latency"]
+RENAME = P.core["mem_rename_latency"]
+
+
+def test_a_counter_in_a_stack_slot_is_a_loop_carried_chain():
+    # gcc -O0 keeps i in [rbp-8]: load, add, imul, store back.  The chain goes
+    # through memory from one iteration to the next: add + imul + the rename.
+    t = timing(".Ltop:\nmov rax, qword ptr [rbp - 0x8]\nadd rax, rcx\nimul rax, rax\n"
+               "mov qword ptr [rbp - 0x8], rax\ndec rdx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(1 + P.forms["imul"]["lat"] + RENAME)
+    assert t.bound == "recurrence"
+
+
+def test_the_memory_source_of_an_alu_op_is_forwarded_not_renamed():
+    t = timing(".Ltop:\nxor eax, dword ptr [rsi]\nmov dword ptr [rsi], eax\ndec ecx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(FWD + P.forms["xor"]["lat"])
+
+
+def test_a_narrow_read_modify_write_chain_pays_the_forwarding_latency():
+    t = timing(".Ltop:\nadd byte ptr [rsi], 0x1\ndec ecx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(FWD + 1)
+    wide = timing(".Ltop:\nadd qword ptr [rsi], 0x1\ndec ecx\njnz .Ltop\n")
+    assert wide.recurrence == pytest.approx(RENAME + 1)
+
+
+def test_vector_stores_forward_with_their_own_latency():
+    t = timing(".Ltop:\nmovdqu xmmword ptr [rsi], xmm0\nmovdqu xmm0, xmmword ptr [rsi]\npaddd xmm0, xmm1\n"
+               "dec ecx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(P.core["vec_store_forward_latency"] + P.forms["paddd"]["lat"])
+
+
+def test_a_moving_pointer_carries_nothing_through_memory():
+    # [rdi] is another address in the next iteration: only the pointer's own add chains.
+    t = timing(".Ltop:\nmov rax, qword ptr [rdi]\nimul rax, rax\nmov qword ptr [rdi], rax\nadd rdi, 0x8\n"
+               "dec ecx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(1)
+
+
+def test_push_and_pop_forward_through_the_stack_engine():
+    # pop reads what push wrote: imul's chain continues through the stack slot.
+    t = timing(".Ltop:\npush rax\npop rax\nimul rax, rax\ndec ecx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(P.forms["imul"]["lat"] + RENAME)
+    # [rsp] after a push is the slot [rsp - 8] was before it
+    t = timing(".Ltop:\nmov qword ptr [rsp - 0x8], rax\nsub rsp, 0x8\nmov rax, qword ptr [rsp]\n"
+               "add rsp, 0x8\nimul rax, rax\ndec ecx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(P.forms["imul"]["lat"] + RENAME)
+
+
+def test_a_block_that_does_not_loop_carries_nothing_through_memory():
+    # A vDSO call updates its state once per call: no back-to-back chain.
+    t = timing("add byte ptr [r14 + 0x88], cl\nadd r12, rcx\ntest rbx, rbx\njne 0x2000\n")
+    assert t.recurrence < FWD
+
+
+def test_forwarding_through_a_read_modify_write_goes_one_a_cycle():
+    t = timing(".Ltop:\nadd qword ptr [rsi], 0x1\nmov rax, qword ptr [rsi]\nmov rcx, qword ptr [rsi]\n"
+               "dec edx\njnz .Ltop\n")
+    assert t.throughput == pytest.approx(3)      # the RMW and both reloads
+    fresh = timing(".Ltop:\nadd qword ptr [rsi + rdx*8], 0x1\nadd qword ptr [rsi + rdx*8 + 0x8], 0x1\n"
+                   "dec edx\njnz .Ltop\n")
+    assert fresh.throughput < 2                   # nothing forwarded: no such limit
+
+
+def test_a_scaled_index_adds_address_latency():
+    t = timing(".Ltop:\nmov eax, dword ptr [rsi + rax*4]\ndec ecx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(P.core["load_latency"] + P.core["load_scaled_index_extra"])
+    t = timing(".Ltop:\nmov eax, dword ptr [rsi + rax]\ndec ecx\njnz .Ltop\n")
+    assert t.recurrence == pytest.approx(P.core["load_latency"])
+
+
 # --- profiles as data ------------------------------------------------------------------
 
 def test_every_form_names_a_known_port_group_and_has_a_source_line():

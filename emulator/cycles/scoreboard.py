@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from emulator.cycles.memdeps import MemWalk
 from emulator.cycles.profile import Profile
 from emulator.cycles.uarch import FLAGS, InsnModel
 
@@ -107,12 +108,32 @@ def _merge(vs: list[dict[str, float]], add: float) -> dict[str, float]:
     return out
 
 
-def dependencies(models: list[InsnModel]) -> tuple[dict[str, dict[str, float]], float]:
-    """(D, latency): D[s][r] = longest path from register r at entry to s at exit
-    (only entries that exist), and the critical path from the entry."""
+def dependencies(models: list[InsnModel], profile: Profile, looping: bool = True
+                 ) -> tuple[dict[str, dict[str, float]], float, MemWalk]:
+    """(D, latency, memory walk): D[s][r] = longest path from register (or memory
+    node) r at entry to s at exit (only entries that exist), and the critical
+    path from the entry.  Memory nodes `mem:<k>` are the loop-carried stores of
+    a block that loops on itself (emulator/cycles/memdeps.py): a first pass
+    finds them, the second lets loads read them.  A block that does not loop
+    is not run again right after itself, so nothing is carried through memory
+    (a vDSO call updates its state once per call)."""
+    first = _walk(models, profile, [])
+    return _walk(models, profile, first[2].carried_stores() if looping else [])
+
+
+def _walk(models: list[InsnModel], profile: Profile, carried: list) -> tuple[dict[str, dict[str, float]], float,
+                                                                               MemWalk]:
     ready: dict[str, dict[str, float]] = {}       # reg -> {entry reg: latest path}
     abs_ready: dict[str, float] = {}              # reg -> time, all inputs ready at 0
     crit = 0.0
+    written = frozenset(d for m in models for d in m.dsts if not (d == "rsp" and m.rsp_delta is not None))
+    net = 0
+    for m in models:
+        if "rsp" in m.dsts and m.rsp_delta is None:
+            net = None
+            break
+        net += m.rsp_delta or 0
+    mem = MemWalk(profile, written, net, carried=carried)
 
     def vec(r: str) -> dict[str, float]:
         v = ready.get(r)
@@ -123,6 +144,7 @@ def dependencies(models: list[InsnModel]) -> tuple[dict[str, dict[str, float]], 
             for d in m.dsts:
                 ready[d] = {}
                 abs_ready[d] = 0.0
+            mem.wrote(m.dsts, m.rsp_delta)
             continue
         if m.eliminated:
             src = [s for s in m.data_srcs if s not in m.dsts or len(m.data_srcs) == 1] or list(m.data_srcs)
@@ -131,24 +153,34 @@ def dependencies(models: list[InsnModel]) -> tuple[dict[str, dict[str, float]], 
             for d in m.dsts:
                 ready[d] = v
                 abs_ready[d] = t
+            mem.wrote(m.dsts, m.rsp_delta)
             continue
         load_lat = sum(u.lat for u in m.uops if u.kind == "load")
         op_lat = sum(u.lat for u in m.uops if u.kind in ("op", "branch"))
         parts: list[dict[str, float]] = []
         t_in = 0.0
         if m.load:
-            parts.append(_merge([vec(s) for s in m.addr_srcs], load_lat))
-            t_in = max([abs_ready.get(s, 0.0) for s in m.addr_srcs] or [0.0]) + load_lat
+            addr = _merge([vec(s) for s in m.addr_srcs], 0.0)
+            t_addr = max([abs_ready.get(s, 0.0) for s in m.addr_srcs] or [0.0])
+            if m.mem is not None and m.mem.load:
+                lv, t_in = mem.load(m.mem, addr, t_addr, load_lat)
+            else:
+                lv, t_in = {k: x + load_lat for k, x in addr.items()}, t_addr + load_lat
+            parts.append(lv)
         srcs = [s for s in m.data_srcs]
         parts.append(_merge([vec(s) for s in srcs], 0.0))
         t_in = max([t_in] + [abs_ready.get(s, 0.0) for s in srcs])
         v = _merge(parts, op_lat)
         t = t_in + op_lat
         crit = max(crit, t)
+        if m.mem is not None and m.mem.store:
+            mem.store(m.mem, v, t)
         for d in m.dsts:
             ready[d] = v
             abs_ready[d] = t
-    return ready, crit
+        mem.wrote(m.dsts, m.rsp_delta)
+    ready.update(mem.carried_out())
+    return ready, crit, mem
 
 
 def loop_start(models: list[InsnModel]) -> int | None:
@@ -166,9 +198,9 @@ def loop_start(models: list[InsnModel]) -> int | None:
     return None
 
 
-def recurrence(models: list[InsnModel]) -> tuple[float, float]:
-    """(loop-carried chain per execution, critical path from entry)."""
-    ready, crit = dependencies(models)
+def recurrence(models: list[InsnModel], profile: Profile, looping: bool = True) -> tuple[float, float, MemWalk]:
+    """(loop-carried chain per execution, critical path from entry, the memory walk)."""
+    ready, crit, walk = dependencies(models, profile, looping)
     w: dict[tuple[str, str], float] = {}
     for s, v in ready.items():
         if s == FLAGS:
@@ -177,7 +209,7 @@ def recurrence(models: list[InsnModel]) -> tuple[float, float]:
             if r != FLAGS and t > 0:
                 w[(r, s)] = max(t, w.get((r, s), NEG))
     nodes = sorted({a for a, _ in w} | {b for _, b in w})
-    return (max_cycle_mean(nodes, w) if w else 0.0), crit
+    return (max_cycle_mean(nodes, w) if w else 0.0), crit, walk
 
 
 def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
@@ -189,11 +221,21 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
     # Stores drain from the store queue (64 entries on Zen 4 [SOG]): outside a
     # loop they do not hold up dispatch, so the store pipes only bound loops.
     store_groups = {str(core.get("store_ports", "ST")), str(core.get("vec_store_data_ports", "VST"))}
+    # Loop-carried chains across repeated executions: of the whole block, and of
+    # the loop inside it when its final branch goes back into the block (the
+    # first iteration executed as part of this block belongs to the same chain).
+    rec, crit, walk = recurrence(models, profile, looping)
+    if start:
+        rec = max(rec, recurrence(models[start:], profile)[0])
     counts: dict[str, float] = {}
     for m in models:
         for u in m.uops:
             if u.ports and (looping or u.kind != "store" or u.ports not in store_groups):
                 counts[u.ports] = counts.get(u.ports, 0.0) + 1.0
+    rmw_group = core.get("rmw_forward_ports")
+    if walk.rmw_forwards and rmw_group:
+        # Renaming through read-modify-writes (emulator/cycles/memdeps.py) has its own limit.
+        counts[str(rmw_group)] = counts.get(str(rmw_group), 0.0) + walk.rmw_forwards
     pb, pwhich = port_bound(counts, profile)
     bounds = {"dispatch": mops / width if width else 0.0, f"ports:{pwhich}": pb}
     last = models[-1] if models else None
@@ -203,12 +245,6 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
             taken *= float(core.get("cond_taken_fraction", 1.0))
         bounds["branch"] = taken
     throughput, bound = max(((v, k) for k, v in bounds.items()), default=(0.0, "dispatch"))
-    # Loop-carried chains across repeated executions: of the whole block, and of
-    # the loop inside it when its final branch goes back into the block (the
-    # first iteration executed as part of this block belongs to the same chain).
-    rec, crit = recurrence(models)
-    if start:
-        rec = max(rec, recurrence(models[start:])[0])
     cost = max(throughput, rec)
     exit_overlap = 0.0
     if rec > throughput:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from capstone import CS_AC_READ, CS_AC_WRITE
 from capstone import x86 as cs_x86
 
+from emulator.cycles.memdeps import MemRef
 from emulator.cycles.profile import Profile
 
 FLAGS = "flags"
@@ -84,6 +85,8 @@ class InsnModel:
     unknown_form: bool = False
     target: int | None = None         # direct branch target
     size: int = 0
+    mem: MemRef | None = None         # the memory access, for dependencies by address
+    rsp_delta: int | None = None      # how the stack engine moves rsp (push -8, pop +8, sub rsp,16 -16)
 
     @property
     def lat(self) -> float:
@@ -134,6 +137,33 @@ def _ports(f: dict) -> str | None:
     return None if p == "-" else p
 
 
+def _memref(ins, op, vec: bool, load: bool, store: bool, move: bool) -> MemRef:
+    mem = op.mem
+    # Memory renaming covers moves and read-modify-writes, not the memory source of
+    # an ALU op (add r,[m]; cmp r,[m]): [MEAS] xor eax,[rsi] / mov [rsi],eax 7.9 a step.
+    renamable = move or store
+    if mem.base == cs_x86.X86_REG_RIP:
+        return MemRef("rip", None, 1, ins.address + ins.size + mem.disp, op.size, vec, load, store, renamable)
+    base = canon(ins.reg_name(mem.base)) if mem.base else None
+    index = canon(ins.reg_name(mem.index)) if mem.index else None
+    return MemRef(base, index, mem.scale, mem.disp, op.size, vec, load, store, renamable)
+
+
+def _stack_engine(ins, m: InsnModel, mn: str, ops) -> None:
+    """push/pop touch [rsp] and move it by 8; add/sub rsp, imm move it by a known amount."""
+    if mn == "push":
+        m.rsp_delta = -8
+        m.mem = MemRef("rsp", None, 1, -8, 8, False, False, True)
+    elif mn == "pop":
+        m.rsp_delta = 8
+        m.mem = MemRef("rsp", None, 1, 0, 8, False, True, False)
+    elif mn in ("call", "ret"):
+        m.rsp_delta = -8 if mn == "call" else 8        # the return address: the RAS predicts it
+    elif mn in ("add", "sub") and len(ops) == 2 and ops[0].type == cs_x86.X86_OP_REG and \
+            ops[1].type == cs_x86.X86_OP_IMM and ins.reg_name(ops[0].reg) == "rsp":
+        m.rsp_delta = ops[1].imm if mn == "add" else -ops[1].imm
+
+
 def model(ins, profile: Profile) -> InsnModel:
     """The scoreboard's view of one instruction (capstone detail must be on)."""
     mn = ins.mnemonic
@@ -149,6 +179,7 @@ def model(ins, profile: Profile) -> InsnModel:
     load = store = False
     partial_dst = False
     two_op_move = mn in MOVES and len(ops) == 2
+    mem_op = None
     for i, op in enumerate(ops):
         if op.type == cs_x86.X86_OP_REG:
             r = canon(ins.reg_name(op.reg))
@@ -180,6 +211,7 @@ def model(ins, profile: Profile) -> InsnModel:
                 load = True
             if acc & CS_AC_WRITE:
                 store = True
+            mem_op = op
     if mn == "lea":
         data_srcs.extend(addr_srcs)
         addr_srcs = []
@@ -201,6 +233,12 @@ def model(ins, profile: Profile) -> InsnModel:
                   load=load, store=store, vector=vec, unknown_form=unknown)
     core = profile.core
     lat_load = float(core.get("vec_load_latency" if vec else "load_latency", 4))
+    if mem_op is not None and (load or store) and not (prefix_rep or mn.startswith(("movs", "stos", "lods"))):
+        m.mem = _memref(ins, mem_op, vec, load, store, mn in MOVES)
+        if load and m.mem.index is not None and m.mem.scale > 1:
+            # A scaled index costs the address generation a cycle [AGNER][SOG 2.11]
+            lat_load += float(core.get("load_scaled_index_extra", 0))
+    _stack_engine(ins, m, mn, ops)
     # Branch kind.
     grp = set(ins.groups)
     if cs_x86.X86_GRP_CALL in grp:
