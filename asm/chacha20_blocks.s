@@ -30,6 +30,7 @@
 #   xmm11  row 3 input (counter, nonce)
 #   xmm12  {1, 0}: the per-block counter increment (paddq)
 
+.type   __arch_chacha20_blocks_nostack, @function
 __arch_chacha20_blocks_nostack:
     movdqu  xmm9, xmmword ptr [rsi]
     movdqu  xmm10, xmmword ptr [rsi + 0x10]
@@ -140,3 +141,4 @@ __arch_chacha20_blocks_nostack:
     pxor    xmm11, xmm11
     pxor    xmm12, xmm12
     ret
+.size   __arch_chacha20_blocks_nostack, .-__arch_chacha20_blocks_nostack

@@ -34,7 +34,10 @@
 #
 # A build that provides its own entry (vgetrandom_v14.s, assembled first)
 # defines __vdso_getrandom already; then only the shared body below is used.
+# Symbol types and sizes go into the image's ELF symbol table; the exported
+# __vdso_getrandom is a function of the same size when it is this label.
 
+.type   __vgetrandom_opaque, @function
 .ifndef __vdso_getrandom
 __vdso_getrandom:
 .endif
@@ -263,3 +266,4 @@ __vgetrandom_opaque:
     mov     qword ptr [rcx + 0x30], rax
     mov     qword ptr [rcx + 0x38], rax
     jmp     .Lreturn
+.size   __vgetrandom_opaque, .-__vgetrandom_opaque

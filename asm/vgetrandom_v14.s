@@ -11,6 +11,8 @@
 # entry label is skipped because this one already defines __vdso_getrandom).
 # With opaque_len = 144 the params query can never match, as v14 had none.
 
+.type   __vdso_getrandom, @function
 __vdso_getrandom:
     mov     r8d, 0x90                       # opaque_len = sizeof(struct vgetrandom_state)
     jmp     __vgetrandom_opaque
+.size   __vdso_getrandom, .-__vdso_getrandom

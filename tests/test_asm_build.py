@@ -4,11 +4,13 @@ check, and keystone's quirks (radix, RIP-relative symbols, crashes)."""
 from __future__ import annotations
 
 import ctypes
+import io
 import re
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_OP_MEM, X86_REG_RIP
+from elftools.elf.elffile import ELFFile
 
 import vdso.asm_build as asm_build
 from vdso import keystone_run
@@ -29,6 +31,14 @@ def _disasm(img, start, count=None):
     return out
 
 
+def _text(img) -> tuple[int, int]:
+    """Where the code is in the image: the ELF .text section, read back with
+    pyelftools (the image is a whole ELF file: headers and tables first)."""
+    sec = ELFFile(io.BytesIO(img.text)).get_section_by_name(".text")
+    assert sec["sh_addr"] == sec["sh_offset"]
+    return sec["sh_offset"], sec["sh_size"]
+
+
 def _write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)
@@ -45,11 +55,13 @@ def test_builtin_image():
     for name in ("__vdso_getrandom", "__arch_chacha20_blocks_nostack", "__vgetrandom_opaque"):
         assert name in img.symbols
     assert img.has_symbol("getrandom")
-    assert img.symbols["__vdso_getrandom"] == img.symbols["__vgetrandom_opaque"] == 0
+    start, size = _text(img)
+    assert img.symbols["__vdso_getrandom"] == img.symbols["__vgetrandom_opaque"] == start
     assert not any(name.startswith((".L", "__fp_")) for name in img.symbols)
-    # Every instruction up to the end of the code has a source line.
-    end = max(img.source_lines) + 1
-    for insn in _cs.disasm(img.text[:end], img.base):
+    # Every instruction of the code has a source line; int3 fills the page after it.
+    assert max(img.source_lines) < start + size
+    assert set(img.text[start + size:]) == {0xCC}
+    for insn in _cs.disasm(img.text[start:start + size], img.base + start):
         where = img.source_lines[insn.address - img.base]
         assert re.fullmatch(r"asm/(vgetrandom|chacha20_blocks)\.s:\d+", where)
     first = img.source_lines[img.symbols["__arch_chacha20_blocks_nostack"]]
@@ -90,7 +102,8 @@ def test_rng_data_references_are_exact():
     the label-relative definition the builder uses gets them right."""
     img = build_image("builtin")
     targets = {}
-    for insn in _cs.disasm(img.text[:img.symbols["__arch_chacha20_blocks_nostack"]], 0):
+    start = _text(img)[0]
+    for insn in _cs.disasm(img.text[start:img.symbols["__arch_chacha20_blocks_nostack"]], start):
         for op in insn.operands:
             if op.type == X86_OP_MEM and op.mem.base == X86_REG_RIP:
                 targets.setdefault(insn.address + insn.size + op.mem.disp, []).append(op.size)
@@ -129,19 +142,20 @@ table:
 """)
     img = build_image(path)
     assert img.name == path and img.abi == ABI_6_11
-    assert img.symbols == {"__vdso_getrandom": 0, "helper": img.symbols["helper"],
+    t0 = _text(img)[0]
+    assert img.symbols == {"__vdso_getrandom": t0, "helper": img.symbols["helper"],
                            "table": img.symbols["table"]}
-    insns = _disasm(img, 0, 6)
+    insns = _disasm(img, t0, 6)
     assert [(i.mnemonic, i.op_str) for i in insns[:4]] == [
         ("mov", "eax, 0xa"), ("add", "rsp, 0x10"), ("sub", "rsp, 0x10"),
         ("mov", "ecx, dword ptr [rsi + 0x10]")]
     assert [i.mnemonic for i in insns[4:]] == ["movzx", "ret"]
-    # insns were decoded at address 0 relative to the image: target = rng + 8
+    # insns were decoded at their address in the image: target = rng + 8
     assert insns[4].address + insns[4].size + insns[4].operands[1].mem.disp \
         == img.base + RNG_DATA_OFFSET_6_15 + 8
     helper = _disasm(img, img.symbols["helper"], 3)
     assert [i.op_str for i in helper] == ["eax, 0x10", "edx, 5", "esi, 0xf"]
-    assert img.source_lines[0] == f"{path}:6"
+    assert img.source_lines[t0] == f"{path}:6"
     assert img.source_lines[helper[2].address - img.base] == f"{path}:13"
     t = img.symbols["table"]
     assert img.text[t:t + 12] == bytes.fromhex("c5f1fec2") + (10).to_bytes(8, "little")
@@ -162,7 +176,8 @@ def test_a_copy_of_the_builtin_source_builds_the_same_code(tmp_path):
     path = _write(tmp_path, "mutant.s", src)
     img, ref = build_image(path), build_image("builtin")
     assert img.text == ref.text and img.symbols == ref.symbols
-    assert img.source_lines[0] == f"{path}:{ref.source_lines[0].rsplit(':', 1)[1]}"
+    t0 = _text(img)[0]
+    assert img.source_lines[t0] == f"{path}:{ref.source_lines[t0].rsplit(':', 1)[1]}"
 
 
 @pytest.mark.parametrize("body,line,pattern", [
@@ -210,7 +225,8 @@ def test_lock_bt_with_a_memory_destination_is_allowed(tmp_path, insn):
     """Measured: Unicorn 2.1.4 runs these correctly; only a register
     destination (which the CPU refuses with #UD anyway) aborts it."""
     path = _write(tmp_path, "ok.s", f"f:\n    {insn}\n    ret\n")
-    assert build_image(path).symbols == {"f": 0}
+    img = build_image(path)
+    assert img.symbols == {"f": _text(img)[0]}
 
 
 def test_unfaithful_in_a_block_names_the_block(tmp_path):
@@ -220,7 +236,8 @@ def test_unfaithful_in_a_block_names_the_block(tmp_path):
 
 
 def test_dot_S_files_without_cpp(tmp_path):
-    assert build_image(_write(tmp_path, "ok.S", "f: ret  # if this were cpp\n")).symbols == {"f": 0}
+    img = build_image(_write(tmp_path, "ok.S", "f: ret  # if this were cpp\n"))
+    assert img.symbols == {"f": _text(img)[0]}
     path = _write(tmp_path, "cpp.S", "f:\n#define X 1\n    ret\n")
     with pytest.raises(AssemblyError, match=rf"^{re.escape(path)}:2: C preprocessor"):
         build_image(path)
@@ -249,7 +266,9 @@ def test_keystone_crash_becomes_an_assembly_error(tmp_path, monkeypatch):
 def test_dot_text_does_not_crash_keystone(tmp_path):
     # Bare `.text` segfaults keystone 0.9.2; the builder drops it.
     path = _write(tmp_path, "t.s", ".text\nf: ret\n.section .text\ng: ret\n")
-    assert build_image(path).symbols == {"f": 0, "g": 1}
+    img = build_image(path)
+    t0 = _text(img)[0]
+    assert img.symbols == {"f": t0, "g": t0 + 1}
 
 
 # -- snippets, keystone's radix ----------------------------------------------

@@ -11,9 +11,10 @@
     check_faithful(code, addr)    refuse code Unicorn 2.1 cannot run faithfully
 
 The sources are Intel syntax as GAS reads it; keystone 0.9.2 (KS_MODE_64)
-assembles them.  The image is assembled at VDSO_BASE.  `vdso_rng_data` names
-struct vdso_rng_data at VDSO_BASE + RNG_DATA_OFFSET_6_15 (6.15+ layout:
-text - 4 pages).
+assembles them.  An image is a complete ELF vDSO, as the kernel builds one,
+mapped at VDSO_BASE with its ELF header there; the code follows the ELF
+tables.  `vdso_rng_data` names struct vdso_rng_data at VDSO_BASE +
+RNG_DATA_OFFSET_6_15 (6.15+ layout: 4 pages below the image).
 
 The jobs are split by module:
     vdso/asm_source.py    reading and normalising a source into lines
@@ -21,7 +22,11 @@ The jobs are split by module:
     vdso/asm_program.py   assembling lines: offsets, labels, the failing line
     vdso/faithful.py      the capstone check of what was assembled
     vdso/mutants.py       patches over asm/ (the mutants), with vdso/unidiff.py
-This module puts them together into images and keeps the built-in ones cached.
+    vdso/asm_symbols.py   the ELF symbols: exports, types, sizes
+    vdso/cfi.py           unwind information, derived from the code
+    vdso/elf_emit.py      the ELF image (with elf_structs, elf_hash, eh_frame)
+This module puts them together into images and keeps the built-in ones cached;
+vdso/elf_symbols.py reads any image's symbols back.
 """
 from __future__ import annotations
 
@@ -31,10 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vdso.asm_program import Program, locate_crash
-from vdso.asm_source import ASM_DIR, PROJECT_DIR, Source, parse, read_source
+from vdso.asm_source import (ASM_DIR, PROJECT_DIR, Source, SourceLine, max_alignment, parse,
+                              read_source)
+from vdso.asm_symbols import image_symbols
+from vdso.cfi import CfiError, FunctionCfi, derive
+from vdso.elf_emit import emit, metadata_size
 from vdso.errors import AssemblyError
 from vdso.faithful import check_faithful, decode_range
-from vdso.image import ABI_6_11, ABI_V14, PAGE_SIZE, RNG_DATA_OFFSET_6_15, VDSO_BASE, VdsoImage
+from vdso.image import ABI_6_11, ABI_V14, RNG_DATA_OFFSET_6_15, VDSO_BASE, ElfSymbol, VdsoImage
 from vdso.keystone_run import isolated
 from vdso.mutants import PATCH_SUFFIX, patched_sources
 
@@ -68,7 +77,7 @@ _builtin_cache: dict[str, tuple[tuple, VdsoImage]] = {}
 def build_image(kind_or_path: str, abi: str | None = None) -> VdsoImage:
     """Assemble a built-in image ("builtin", "builtin-v14"), a user's `.s`
     file or a `.patch` over asm/ (a mutant) into a VdsoImage mapped at
-    VDSO_BASE.
+    VDSO_BASE, its text a complete ELF vDSO image (vdso/elf_emit.py).
 
     Raises AssemblyError ("file:line: message") when keystone refuses the
     source and UnfaithfulInstruction ("file:line: ...") for code Unicorn 2.1
@@ -147,11 +156,42 @@ def _lines(files: list[Source]):
 
 def _build_image(name: str, files: list[Source], abi: str) -> VdsoImage:
     lines = _lines(files)
-    program = Program(lines, VDSO_BASE)
-    code, line_offsets, symbols = program.assemble()
+    text_align = max_alignment(lines)
+    # The code goes after the ELF tables, whose size depends on the code's
+    # symbols and CFI.  Offsets inside the code do not depend on where it is,
+    # as long as it keeps its alignment: assemble once to learn them, lay the
+    # image out, and assemble again at the final place, which fixes the bytes
+    # that do depend on it (vdso_rng_data's RIP-relative displacements).
+    first = VDSO_BASE + text_align
+    code, line_offsets, labels = Program(lines, first).assemble()
     if not code:
         raise AssemblyError(f"{files[0].display}: assembles to nothing")
+    in_code = image_symbols(lines, line_offsets, labels, len(code), 0)     # offsets in the code
+    text_offset = _align(metadata_size(in_code, _functions(code, in_code)), text_align)
+    if VDSO_BASE + text_offset != first:
+        moved = Program(lines, VDSO_BASE + text_offset).assemble()
+        if (len(moved[0]), moved[1], moved[2]) != (len(code), line_offsets, labels):
+            raise AssemblyError(f"{files[0].display}: the code assembles differently at "
+                                f"+{text_offset:#x} than at +{text_align:#x} (.org?)")
+        code = moved[0]
+    source_lines = _check_and_map(lines, code, line_offsets, VDSO_BASE + text_offset)
+    symbols = image_symbols(lines, line_offsets, labels, len(code), text_offset)
+    elf = emit(code, text_offset, symbols, _functions(code, in_code), text_align, PAD_BYTE)
+    return VdsoImage(name=name, text=elf.data,
+                     symbols={n: text_offset + off for n, off in labels.items()},
+                     rng_data_offset=RNG_DATA_OFFSET_6_15, abi=abi, base=VDSO_BASE,
+                     rng_data_source="assembled",
+                     source_lines={text_offset + off: w for off, w in source_lines.items()})
 
+
+def _align(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _check_and_map(lines: list[SourceLine], code: bytes, line_offsets: dict[int, int],
+                   addr: int) -> dict[int, str]:
+    """Decode every statement that is code (the faithfulness check) and map
+    each instruction's offset in the code to its file:line."""
     source_lines: dict[int, str] = {}
     marked = sorted(line_offsets)
     for pos, idx in enumerate(marked):
@@ -161,10 +201,21 @@ def _build_image(name: str, files: list[Source], abi: str) -> VdsoImage:
             raise AssemblyError(f"{lines[idx].where}: statements out of order (.org?)")
         if start == end or lines[idx].kind in ("data", "align"):
             continue
-        decode_range(code, VDSO_BASE, start, end, lines[idx].where, source_lines)
+        decode_range(code, addr, start, end, lines[idx].where, source_lines)
+    return source_lines
 
-    size = (len(code) + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
-    text = code + bytes([PAD_BYTE]) * (size - len(code))
-    return VdsoImage(name=name, text=text, symbols=symbols,
-                     rng_data_offset=RNG_DATA_OFFSET_6_15, abi=abi, base=VDSO_BASE,
-                     rng_data_source="assembled", source_lines=source_lines)
+
+def _functions(code: bytes, symbols: list[ElfSymbol]) -> list[FunctionCfi]:
+    """CFI for every function symbol (offsets in the code): one per address;
+    overlapping ones and those whose stack cannot be followed get none
+    (`faultpath asm` says why)."""
+    out: list[FunctionCfi] = []
+    for sym in sorted((s for s in symbols if s.type == "FUNC" and s.size and s.bind != "WEAK"),
+                      key=lambda s: (s.offset, -s.size)):
+        if out and sym.offset < out[-1].start + out[-1].size:
+            continue
+        try:
+            out.append(derive(code, 0, sym.name, sym.offset, sym.size))
+        except CfiError:
+            continue
+    return out

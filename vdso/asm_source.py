@@ -344,3 +344,24 @@ def parse(display: str, text: str, origins: list[tuple[str, int]] | None = None)
         last = lines[-1] if lines else SourceLine(display, 0)
         raise AssemblyError(f"{last.file}:{last.lineno}: unterminated .macro/.rept/.if block")
     return lines
+
+
+_ALIGN_ARG = re.compile(r"\.(p2align|balign|align)[wl]?\s+([^,\s]+)", re.I)
+
+
+def max_alignment(lines: list[SourceLine], least: int = 16) -> int:
+    """The largest alignment the source asks for (at least `least`): where
+    the code may start so that every alignment directive pads as it would at
+    any other such start.  An alignment we cannot read counts as a page."""
+    best = least
+    for ln in lines:
+        if "align" not in ln.code.lower():
+            continue
+        for m in _ALIGN_ARG.finditer(ln.code):
+            word, arg = m.group(1).lower(), m.group(2)
+            if not re.fullmatch(r"0x[0-9a-fA-F]+|0b[01]+", arg):
+                best = max(best, PAGE_SIZE)
+                continue
+            n = int(arg, 0)
+            best = max(best, min(1 << n if word == "p2align" else n, PAGE_SIZE))
+    return best

@@ -24,10 +24,27 @@ ABI_6_11 = "6.11"   # (buffer, len, flags, opaque_state, opaque_len)
 ABI_V14 = "v14"     # (buffer, len, flags, state); states from vgetrandom_alloc
 
 
+# What the kernel's vDSO exports its functions as (its linker version script).
+VDSO_VERSION = "LINUX_2.6"
+VDSO_SONAME = "linux-vdso.so.1"
+
+
+@dataclass(frozen=True)
+class ElfSymbol:
+    """One symbol of an image's ELF symbol tables."""
+    name: str
+    offset: int                     # from the image base (the ELF header)
+    size: int
+    type: str                       # "FUNC", "OBJECT" or "NOTYPE"
+    bind: str                       # "LOCAL", "GLOBAL" or "WEAK"
+    version: str | None = None      # "LINUX_2.6" when the dynamic symbol table exports it
+
+
 @dataclass
 class VdsoImage:
     name: str                       # "host", "builtin", "builtin-v14", a path
-    text: bytes                     # the image as mapped at VDSO_BASE (page padded)
+    text: bytes                     # the image as mapped at `base` (page padded): for every
+                                    # kind a complete ELF file, its ELF header at `base`
     symbols: dict[str, int]         # symbol -> offset from the image base
     rng_data_offset: int            # vdso_rng_data relative to the base (negative)
     abi: str = ABI_6_11
