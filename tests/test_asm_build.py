@@ -191,8 +191,15 @@ def test_a_copy_of_the_builtin_source_builds_the_same_code(tmp_path):
     ("f:\n    nop\n    .zero -1\n", 3, r"out of range"),
     ("f:\n    nop\n    .p2align 64\n", 3, r"out of range"),
     ("f:\n    nop\n  .endif\n", 3, r"without a matching"),
+    # .type/.size feed the ELF symbol table (vdso/asm_symbols.py)
+    ("f: ret\n.type g, @function\n", 2, r"\.type g: no label g"),
+    ("f: ret\n.type f, @gnu_indirect_function\n", 2, r"symbol type must be"),
+    ("f: ret\n.size f, 3*2\n", 2, r"only `\.size f, \.-f`"),
+    (".size f, .-f\nf: ret\n", 1, r"the label comes after"),
+    ("f:\n.rept 2\n nop\n.size f, .-f\n.endr\n", 4, r"inside a \.if/\.rept block"),
 ], ids=["syntax", "undefined", "undefined-rip", "duplicate", "dot-L-rip", "in-rept",
-        "section", "zero-neg", "p2align", "endif"])
+        "section", "zero-neg", "p2align", "endif",
+        "type-no-label", "type-bad", "size-bad", "size-before", "size-in-block"])
 def test_assembly_errors_carry_file_and_line(tmp_path, body, line, pattern):
     path = _write(tmp_path, "bad.s", body)
     with pytest.raises(AssemblyError) as exc:
