@@ -27,7 +27,8 @@ from clients import glibc_cache
 from vdso import elf_hash
 from vdso.asm_build import build_image
 from vdso.asm_source import ASM_DIR
-from vdso.elf_symbols import image_elf, read_symbols
+from vdso.elf_symbols import image_elf, read_symbol_file, read_symbols
+from vdso.errors import ImageError
 from vdso.image import ABI_6_11, PAGE_SIZE, ElfSymbol
 
 HERE = Path(__file__).resolve().parent
@@ -207,6 +208,19 @@ def test_read_symbols_gives_the_symbol_table(kind):
     assert (entry.bind, entry.version) == ("GLOBAL", "LINUX_2.6")
     assert by_name["__arch_chacha20_blocks_nostack"].bind == "LOCAL"
     assert by_name["__arch_chacha20_blocks_nostack"].version is None
+
+
+def test_read_symbol_file_for_debug_files(tmp_path):
+    """What gdb's --symbols FILE takes: any ELF file on disk (a dumped image
+    here); bad input is one ImageError line."""
+    img = build_image("builtin")
+    assert read_symbol_file(_file(img, tmp_path)) == image_elf(img)[1]
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"\x7fELF" + bytes(12))
+    for path, pattern in ((str(tmp_path / "missing"), "No such file"), (str(junk), "ELF")):
+        with pytest.raises(ImageError, match=pattern) as exc:
+            read_symbol_file(path)
+        assert "\n" not in str(exc.value)
 
 
 def test_read_symbols_of_the_host_vdso(host_image):
