@@ -24,6 +24,7 @@ import time
 
 import pytest
 
+from emulator.debug.commands import execute as run_cmd
 from vdso.elf_image import host_has_vgetrandom
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,7 +153,7 @@ class Rsp:
 def reference(image: str, *extra: str):
     """The expected values, from the same engine without gdb."""
     from emulator.run import RunConfig
-    from emulator.debug.stepper import Session
+    from emulator.debug.session import Session
     from vdso.loader import load_image
     s = Session(RunConfig(image=load_image(image), sizes=[256], calls=2, injections=["drop@0", *extra]))
     out = {"entry": s.ctx.rip}
@@ -160,7 +161,7 @@ def reference(image: str, *extra: str):
     assert st.reason == "fault"
     out["fault_rip"] = s.ctx.rip
     out["fault_index"] = s.ctx.index
-    chacha = [a for a, n in s._code_syms if "chacha" in n or n.startswith("sub_")][0]
+    chacha = [a for a, n in s.symbols.code if "chacha" in n or n.startswith("sub_")][0]
     out["chacha"] = chacha
     s.faultstop = False
     s.add_breakpoint(hex(chacha))
@@ -169,7 +170,7 @@ def reference(image: str, *extra: str):
     s.resume("step", 40)
     out["in_chacha_rip"] = s.ctx.rip
     out["xmm0"] = s.m.xmm()[0]
-    s.delete_breakpoints()
+    s.remove_breakpoint_at(chacha)
     st = s.resume("cont")
     assert st.reason == "done"
     out["ret"] = s.ctx.result.ret
@@ -191,9 +192,10 @@ def _images():
 def test_gdb_steps_into_the_fault_and_continues_to_the_return(image):
     if image == "host" and not host_has_vgetrandom():
         pytest.skip("the running kernel's vDSO has no __vdso_getrandom (needs Linux 6.11+)")
+    from emulator.errors import ImageError
     try:
         ref = reference(image)
-    except Exception as e:     # e.g. the builtin image cannot be built here
+    except ImageError as e:     # e.g. the builtin image cannot be built here
         pytest.skip(f"--image {image} unavailable: {e}")
     srv = Server("--image", image, "--size", "256", "--calls", "2")
     try:
@@ -258,11 +260,11 @@ def test_gdb_stepi_carries_out_a_skip():
     """At the write fault, `monitor inject oom:1` then stepi: the skip's new rip
     is what gdb sees."""
     from emulator.run import RunConfig
-    from emulator.debug.stepper import Session
+    from emulator.debug.session import Session
     from vdso.loader import load_image
     s = Session(RunConfig(image=load_image("builtin"), calls=2, injections=["drop@0"]))
     s.resume("cont")
-    s.execute("stepi")
+    run_cmd(s, "stepi")
     s.resume("cont")
     rip = s.ctx.rip
     length = s.insn_at(rip).size

@@ -43,7 +43,7 @@ def _port(s: str) -> int:
 def cmd_gdb(args: argparse.Namespace) -> int:
     from emulator.cli.main import build_run_config
     from emulator.debug.gdbstub import GdbServer, is_loopback
-    from emulator.debug.stepper import Session
+    from emulator.debug.session import Session
     cfg = build_run_config(args)
     server = GdbServer(lambda: Session(cfg), host=args.listen, port=args.port, once=args.once)
     port = server.listen()

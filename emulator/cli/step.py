@@ -2,10 +2,11 @@
 
 The process is set up like `faultpath run`; calls 1..K-1 run normally and the
 REPL stops at instruction 0 of call K (--calls, default 2 so the state is
-warm).  Commands are emulator.debug.stepper.Session's; this module is only the
-shell: the stdlib `cmd` loop with readline history, and the non-interactive
-`-c "cmd; cmd"` / `--script FILE` modes whose output is deterministic enough
-to diff (each command is echoed after the prompt, then its output).
+warm).  Commands are emulator/debug/commands.py's, over a Session
+(emulator/debug/session.py); this module is only the shell: the stdlib
+`cmd` loop with readline history, and the non-interactive `-c "cmd; cmd"` /
+`--script FILE` modes whose output is deterministic enough to diff (each
+command is echoed after the prompt, then its output).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import sys
 from emulator.errors import FaultpathError, UsageError
 
 PROMPT = "(faultpath) "
-REPEATABLE = {"stepi", "si", "s", "step", "next", "ni", "n", "fstep"}
 HISTORY_LEN = 1000
 
 
@@ -52,12 +52,14 @@ class StepShell(cmd.Cmd):
             return True
         if not line:
             return self.emptyline()
-        word = line.split()[0]
-        if word in ("quit", "q", "exit"):
+        from emulator.debug import commands
+        word = commands.split(line)[0]
+        if commands.ALIASES.get(word, word) == "quit":
             return True
-        self._last = line if word in REPEATABLE else ""
         try:
-            out = self.session.execute(line)
+            cmd = commands.lookup(word)
+            self._last = line if cmd.repeat else ""
+            out = commands.execute(self.session, line)
         except FaultpathError as e:
             self.errors += 1
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -75,8 +77,8 @@ class StepShell(cmd.Cmd):
         return self.onecmd(self._last) if self._last else False
 
     def completenames(self, text, *ignored):
-        from emulator.debug.stepper import ALIASES, COMMANDS
-        return sorted(c for c in COMMANDS | set(ALIASES) if c.startswith(text))
+        from emulator.debug import commands
+        return sorted(c for c in set(commands.BY_NAME) | set(commands.ALIASES) if c.startswith(text))
 
     def completedefault(self, *ignored):
         return []
@@ -107,7 +109,8 @@ def _interactive(shell: StepShell) -> int:
             readline.set_history_length(HISTORY_LEN)
     except ImportError:
         readline = None
-    print(shell.session.banner(), flush=True)
+    from emulator.debug import views
+    print(views.banner(shell.session), flush=True)
     try:
         while True:
             try:
@@ -127,9 +130,10 @@ def _interactive(shell: StepShell) -> int:
 
 def run_commands(session, commands: list[str], out=None) -> int:
     """Non-interactive: echo each command after the prompt, then its output."""
+    from emulator.debug import views
     out = out or sys.stdout
     shell = StepShell(session, stdout=out)
-    out.write(session.banner() + "\n")
+    out.write(views.banner(session) + "\n")
     for c in commands:
         c = c.strip()
         if not c or c.startswith("#"):
@@ -147,7 +151,7 @@ def split_commands(text: str) -> list[str]:
 
 def cmd_step(args: argparse.Namespace) -> int:
     from emulator.cli.main import build_run_config
-    from emulator.debug.stepper import Session
+    from emulator.debug.session import Session
     script = None
     if args.script is not None:
         try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from unicorn import x86_const as X
 
+from emulator.debug import commands, views
 from emulator.errors import FaultpathError, UsageError
 
 MAX_PACKET = 0x4000           # what we advertise (PacketSize, hex digits included)
@@ -474,7 +475,8 @@ class Connection:
         if self.closed:
             raise Disconnected()
         s.last_stop = stop
-        text = s.session.stop_text(stop) if stop.reason in ("fault", "done") else "\n".join(stop.lines)
+        text = views.stop_text(s.session, stop) if stop.reason in ("fault", "done") else \
+            "\n".join(views.event_lines(s.session, stop.events, stop.syscalls))
         if text:
             self.console(text + "\n")
         return s.stop_reply()
@@ -483,12 +485,10 @@ class Connection:
         ses = self.server.session
         line = line.strip()
         if line in ("", "help"):
-            from emulator.debug.stepper import HELP, MONITOR_COMMANDS
-            text = "monitor commands:\n" + "\n".join(
-                f"  {u:<26} {t}" for u, t in HELP if u.split()[0] in MONITOR_COMMANDS) + "\n"
+            text = "monitor commands:\n" + commands.help_text(monitor=True) + "\n"
         else:
             try:
-                text = ses.execute(line, monitor=True)
+                text = commands.execute(ses, line, monitor=True)
             except FaultpathError as e:
                 text = f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             if text and not text.endswith("\n"):
@@ -574,12 +574,12 @@ class GdbServer:
                 sig = SIGBUS if detail.startswith("SIGBUS") else SIGILL if detail.startswith("SIGILL") else SIGSEGV
             else:
                 sig = SIGTRAP
-        elif ses._pending() is not None:
+        elif ses.pending() is not None:
             sig = SIGSEGV
         else:
             reason = self.last_stop.reason if self.last_stop is not None else "step"
             sig = SIGINT if reason == "interrupt" else SIGTRAP
-            if reason == "breakpoint" and ses._hit == ctx.rip:
+            if reason == "breakpoint" and ses.hit == ctx.rip:
                 extra = "swbreak:;"
         regs = "".join(f"{REGNUM[n]:02x}:{read_reg(ses, REGNUM[n]).hex()};" for n in ("rbp", "rsp", "rip"))
         return f"T{sig:02x}{extra}thread:1;{regs}".encode()
