@@ -191,6 +191,38 @@ def test_a_scaled_index_adds_address_latency():
     assert t.recurrence == pytest.approx(P.core["load_latency"])
 
 
+# --- the window at a loop's exit (emulator/cycles/window.py) -------------------------------
+
+def _models(src: str, addr: int = 0x1000):
+    from emulator.cycles import uarch
+    from vdso.insn import disassembler
+    ms = [uarch.model(i, P) for i in disassembler(True).disasm(bytes(assemble_snippet(src, addr, "<t>")), addr)]
+    uarch.fuse_pairs(ms, P)
+    return ms
+
+
+def test_a_latency_bound_loop_leaves_its_chain_waiting():
+    t = timing(".Ltop:\nimul rax, rax\nadd rcx, 0x1\ndec rdi\njnz .Ltop\n")
+    w = t.loop_window
+    assert w.slow == frozenset({"rax"})               # the counters run ahead
+    assert w.waiting == {"int": 1.0, "mul": 1.0}     # one imul an iteration waits
+    assert timing(".Ltop:\nadd rax, 0x1\ndec rdi\njnz .Ltop\n").loop_window is None   # not latency-bound
+
+
+def test_the_work_after_a_loop_overlaps_its_last_chains():
+    from emulator.cycles import window
+    w = timing(".Ltop:\nimul rax, rax\ndec rdi\njnz .Ltop\n").loop_window
+    free = window.overlap(w, _models("ret\n"), None, P)
+    assert free == pytest.approx(3 * P.window["mul"]["entries"] / 1)     # the mul pool binds
+    busy = window.overlap(w, _models("imul rax, rax\nimul rax, rax\nret\n"), None, P)
+    assert busy == pytest.approx(3 * (P.window["mul"]["entries"] - 2))   # two waiting imuls take entries
+    # an enclosing loop that runs the loop again on its result: nothing overlaps
+    again = _models("mov edx, 0x8\nxor rax, rcx\njmp 0x1000\n")
+    assert window.overlap(w, _models("add rsi, 0x1\njne 0x1000\n"), again, P) == 0
+    fresh = _models("mov eax, 0x3\njmp 0x1000\n")                  # ...on a fresh value: it does
+    assert window.overlap(w, _models("add rsi, 0x1\njne 0x1000\n"), fresh, P) == pytest.approx(free)
+
+
 # --- profiles as data ------------------------------------------------------------------
 
 def test_every_form_names_a_known_port_group_and_has_a_source_line():

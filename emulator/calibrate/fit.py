@@ -4,8 +4,6 @@ of faults and syscalls), as TOML sections of a variant of a base profile.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from emulator.cycles.profile import Profile
 
 
@@ -143,17 +141,10 @@ def fit_profile(meas: dict, base: str = "zen4", name: str | None = None,
             core["rep_startup"] = round(max(0.0, t1 - 1024.0 / bpc), 2)
             com["core.rep_bytes_per_cycle"] = "rep stosb of 1 KiB and 4 KiB"
             com["core.rep_startup"] = "same fit: intercept"
-    ch_meas = {int(k): float(v) for k, v in (meas.get("chacha") or {}).items()}
-    if len(ch_meas) >= 2 and meas.get("vdso_image"):
-        from vdso.loader import load_image
-        lo, hi = min(ch_meas), max(ch_meas)
-        slope = (ch_meas[hi] - ch_meas[lo]) / (hi - lo)
-        prof = dataclasses.replace(bp, tsc_per_core_cycle=ratio, core={**bp.core, **core})
-        w = fit_window_uops(load_image(meas["vdso_image"]), prof, slope)
-        if w is not None:
-            core["window_uops"] = round(w, 1)
-            com["core.window_uops"] = (f"fitted: the vDSO's ChaCha20 block function natively costs {slope:.0f} "
-                                       f"TSC ticks a block (1..{hi} blocks)")
+    win, wcom = fit_window(meas, bp, ratio)
+    if win:
+        sections["window"] = win
+        com.update(wcom)
     sections["core"] = core
     ev, ecom = fit_events(meas, bp.event)
     sections["event"] = {k: round(v, 2) for k, v in ev.items()}
@@ -172,19 +163,23 @@ def fit_profile(meas: dict, base: str = "zen4", name: str | None = None,
     return sections, com
 
 
-def fit_window_uops(image, profile: Profile, measured_per_block: float) -> float | None:
-    """core.window_uops that makes the emulated ChaCha20 block cost what was measured."""
-    from emulator.calibrate.predict import chacha_block_cost, chacha_loop
-    from emulator.cycles.blocks import analyse_code
-    lp = chacha_loop(image)
-    if lp is None or not measured_per_block:
-        return None
-    no_win = dataclasses.replace(profile, core={**profile.core, "window_uops": 0})
-    pred = chacha_block_cost(image, no_win)
-    t = analyse_code(lp[0], lp[1], no_win)
-    if pred is None or t.bound != "recurrence":
-        return None
-    uops = sum(t.detail["ports"].values())
-    credit = (pred - measured_per_block) / profile.tsc_per_core_cycle
-    credit = max(0.0, min(credit, t.recurrence))
-    return credit * uops / t.recurrence
+def fit_window(meas: dict, base: Profile, ratio: float) -> tuple[dict, dict]:
+    """[window] pool entries from the chain loops calibrate times (measure.window):
+    the slope between 512 and 2048 iterations is the chain's cycles an iteration;
+    what the 512-iteration call saves against it is how far the next call ran
+    ahead: entries = saved cycles / cycles an iteration x chain uops an iteration."""
+    from emulator.calibrate.harness import WINDOW_LOOPS
+    out, com = {}, {}
+    for name, t in (meas.get("window") or {}).items():
+        t = {int(k): float(v) for k, v in t.items()}
+        if name not in base.window or name not in WINDOW_LOOPS or not {512, 2048} <= set(t):
+            continue
+        slope = (t[2048] - t[512]) / 1536 / ratio
+        if slope <= 0:
+            continue
+        saved = slope * 512 - t[512] / ratio
+        entries = max(0.0, saved / slope * WINDOW_LOOPS[name][2])
+        out[name] = {"groups": list(base.window[name].get("groups", ())), "entries": round(entries, 1)}
+        com[f"window.{name}"] = (f"chain loop ({WINDOW_LOOPS[name][0].splitlines()[0]} ...): {slope:.2f} cycles an "
+                                 f"iteration, the next call {saved:.0f} cycles early")
+    return out, com

@@ -117,6 +117,20 @@ _FUNCS: dict[str, str] = {
     mov qword ptr [r12], rax
 """ + _T1 + _EPI,
 }
+# Scheduler pools (profile [window], emulator/cycles/window.py): a chain loop of one pool,
+# `u64 f(u64 n, u8 *buf)`, called over and over.  The next call's chain starts while the
+# last one drains, as many iterations early as the pool holds waiting uops.
+# (pool, body, init, chain uops an iteration)
+WINDOW_LOOPS = {
+    "int": ("add rax, rcx\nadd rax, rcx\nadd rax, rcx\nadd rax, rcx", "xor eax, eax", 4),
+    "load": ("mov rax, qword ptr [rax]", "mov qword ptr [rsi], rsi\nmov rax, rsi", 1),
+    "shift": ("shl rax, 0x1\nshl rax, 0x1\nshl rax, 0x1\nshl rax, 0x1", "mov eax, 0x1", 4),
+    "mul": ("imul rax, rax", "mov eax, 0x3", 1),
+    "vec": ("paddd xmm0, xmm0\npxor xmm0, xmm1", "pxor xmm0, xmm0", 2),
+}
+for _name, (_body, _init, _n) in WINDOW_LOOPS.items():
+    _FUNCS["window_" + _name] = _init + "\n.Lwin:\n" + _body + "\ndec rdi\njnz .Lwin\nret\n"
+
 _CHAIN_OPS: dict[str, int] = {}
 for _name, (_body, _n) in {**CHAINS, **THROUGHPUT}.items():
     _reps = max(1, 96 // _n)

@@ -12,8 +12,9 @@ this VM does not move it):
   (mmap(..., MAP_ANONYMOUS | MAP_DROPPABLE = 0x28)) and opaque_len 144,
   averaged over a long run of calls exactly like a C benchmark loop: the batch
   position, and with it the per-call work, cycles through all its values;
-* the vDSO's ChaCha20 block function alone (1..64 blocks), which fixes the
-  out-of-order overlap at the loop exit (profile core.window_uops);
+* the vDSO's ChaCha20 block function alone (1..64 blocks), for `bench`;
+* the scheduler pools (profile [window]): a chain loop of each pool, called
+  over and over with 512 and 2048 iterations;
 * the getrandom syscall at each size, and an unknown syscall (-ENOSYS: the
   bare entry/exit path);
 * anonymous page faults, one page at a time with rdtsc around the touching
@@ -60,6 +61,22 @@ class Measurer:
         out = {}
         for name in list(CHAINS) + list(THROUGHPUT):
             out[name] = min(self.h.chain(name, iters) for _ in range(self.reps))
+        return out
+
+    def window(self) -> dict[str, dict[int, float]]:
+        """Per pool: TSC ticks per call of its chain loop at 512 and 2048 iterations
+        (the empty call's ticks subtracted)."""
+        from emulator.calibrate.harness import WINDOW_LOOPS
+        base = self.empty_call()
+        out: dict[str, dict[int, float]] = {}
+        with Mapping(PAGE) as buf:
+            for name in WINDOW_LOOPS:
+                f = self.h.addr("window_" + name)
+                out[name] = {}
+                for n in (512, 2048):
+                    calls = max(10, (20_000 if self.quick else 200_000) // n)
+                    self.h.time_calls(f, [n, buf.addr], 5)
+                    out[name][n] = repeat(lambda: self.h.time_calls(f, [n, buf.addr], calls), self.reps) - base
         return out
 
     def tsc_per_core_cycle(self, chains: dict[str, float] | None = None) -> float:
@@ -270,6 +287,7 @@ def measure_all(quick: bool = False, image: str = "auto", log=None) -> dict:
     out["chains"] = M.chains()
     out["tsc_per_core_cycle"] = M.tsc_per_core_cycle(out["chains"])
     out["tsc_mhz"] = tsc_mhz()
+    out["window"] = M.window()
     out["empty_call"] = M.empty_call()
     try:
         v = native_vdso(image)

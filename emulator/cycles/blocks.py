@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from capstone import x86 as cs_x86
 
-from emulator.cycles import scoreboard, uarch
+from emulator.cycles import scoreboard, uarch, window
 from emulator.cycles.profile import Profile
 from vdso.insn import disassembler, is_rep_string, unfaithful_reason
 
@@ -184,9 +184,9 @@ class BlockCache:
                     continue
         return None
 
-    def _exit_credit(self, loop: tuple[int, bytes] | None) -> float:
-        """Core cycles the block after a latency-bound loop overlaps with the
-        loop's last chain (scoreboard.analyse, exit_overlap); 0 if none."""
+    def _exit_credit(self, loop: tuple[int, bytes] | None, after: list) -> float:
+        """Core cycles the block after a latency-bound loop (its models: after)
+        overlaps with the loop's last chains (emulator/cycles/window.py); 0 if none."""
         if loop is None:
             return 0.0
         start, body = loop
@@ -198,7 +198,27 @@ class BlockCache:
         if end != start + len(body) or not models or models[-1].target != start:
             return 0.0
         uarch.fuse_pairs(models, self.profile)
-        return scoreboard.analyse(models, self.profile).exit_overlap
+        w = scoreboard.analyse(models, self.profile).loop_window
+        if w is None:
+            return 0.0
+        last = after[-1] if after else None
+        again = None
+        if last is not None and last.target is not None and last.target <= start and last.branch in ("cond", "jmp"):
+            again = self._straight(last.target)
+        return window.overlap(w, after, again, self.profile)
+
+    def _straight(self, addr: int) -> list:
+        """Models of the straight code at addr, up to and including its first branch."""
+        try:
+            code = self._read(addr, 256)
+        except Exception:       # not mapped
+            return []
+        out = []
+        for ins in disassembler(True).disasm(code, addr):
+            out.append(uarch.model(ins, self.profile))
+            if out[-1].branch or out[-1].rep:
+                break
+        return out
 
     def _decode(self, addr: int, size: int, code: bytes | None = None,
                 loop: tuple[int, bytes] | None = None) -> BlockInfo:
@@ -230,10 +250,10 @@ class BlockCache:
             acc += w
             costs.append(total * acc / wsum)
         costs[-1] = total
-        credit = self._exit_credit(loop)
+        credit = self._exit_credit(loop, models)
         if credit:
             # The block that follows a latency-bound loop's exit: the loop's last
-            # chain and this work overlap (scoreboard.analyse, exit_overlap).  Charged
+            # chains and this work overlap (emulator/cycles/window.py).  Charged
             # when the block completes, so a block cut short by a fault keeps its cost.
             costs[-1] = total - p.to_tsc(credit)
             t.detail["exit_credit"] = credit

@@ -38,7 +38,7 @@ USER_PROFILE_DIR = Path(os.environ.get("FAULTPATH_PROFILE_DIR",
                                        Path.home() / ".config" / "faultpath" / "profiles"))
 DEFAULT_PROFILE = "zen4"
 
-SECTIONS = ("core", "ports", "forms", "insn", "event", "measured")
+SECTIONS = ("core", "ports", "forms", "insn", "event", "measured", "window")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Profile:
     forms: dict[str, dict] = field(default_factory=dict)
     measured: dict = field(default_factory=dict)
     path: str = ""
+    window: dict[str, dict] = field(default_factory=dict)
 
     # --- instruction timing ------------------------------------------------------
     def insn_cost(self, cls: str) -> float:
@@ -209,4 +210,5 @@ def _build(name_or_path: str, data: dict, path: Path) -> Profile:
                    source=meta.get("source", ""), tsc_per_core_cycle=ratio,
                    core={k: (_num("core", k, v) if not isinstance(v, str) else v)
                          for k, v in data.get("core", {}).items()},
-                   ports=ports, forms=forms, measured=data.get("measured", {}), path=str(path))
+                   ports=ports, forms=forms, measured=data.get("measured", {}), path=str(path),
+                   window={k: dict(v) for k, v in data.get("window", {}).items()})

@@ -14,8 +14,14 @@ models of emulator/cycles/uarch.py and the profile's machine parameters:
   maximum cycle mean of D (Karp), i.e. how far apart two executions must be
   when each one waits for values the previous one produced (the ChaCha20
   double round: 34 core cycles an iteration on Zen 4, however wide the core);
+* memory dependencies by address (emulator/cycles/memdeps.py): stores and
+  loads matched by address join the same graph, so a value kept in a stack
+  slot carries its chain through memory;
 * the critical path from the block's entry (reported, not charged: across
-  blocks, out-of-order execution overlaps it with the neighbours' work).
+  blocks, out-of-order execution overlaps it with the neighbours' work);
+* for a latency-bound loop, what it leaves waiting in the schedulers each
+  iteration (emulator/cycles/window.py): the block after its exit is credited
+  with the overlap.
 
 cost = max(throughput bound, recurrence), in core cycles; BlockCache converts
 it to TSC ticks with the profile's measured core-clock/TSC ratio.
@@ -25,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from emulator.cycles import window
 from emulator.cycles.memdeps import MemWalk
 from emulator.cycles.profile import Profile
 from emulator.cycles.uarch import FLAGS, InsnModel
@@ -41,7 +48,7 @@ class BlockTiming:
     bound: str                  # what binds: dispatch | ports:<groups> | branch | recurrence | rep
     weights: list[float] = field(default_factory=list)   # per-instruction share of the cost
     rep_elem: float = 0.0       # core cycles per further element of a rep string tail
-    exit_overlap: float = 0.0   # core cycles the work after this loop overlaps its last chain
+    loop_window: "window.LoopWindow | None" = None   # a latency-bound loop: what waits in the schedulers
     detail: dict = field(default_factory=dict)
 
 
@@ -108,21 +115,27 @@ def _merge(vs: list[dict[str, float]], add: float) -> dict[str, float]:
     return out
 
 
-def dependencies(models: list[InsnModel], profile: Profile, looping: bool = True
-                 ) -> tuple[dict[str, dict[str, float]], float, MemWalk]:
-    """(D, latency, memory walk): D[s][r] = longest path from register (or memory
-    node) r at entry to s at exit (only entries that exist), and the critical
-    path from the entry.  Memory nodes `mem:<k>` are the loop-carried stores of
+@dataclass
+class Walk:
+    """One pass of the scoreboard over a block."""
+    ready: dict[str, dict[str, float]]      # D[s][r]: longest path from r at entry to s at exit
+    crit: float                             # critical path from the entry, all inputs ready at 0
+    mem: MemWalk
+    deps: list[frozenset]                   # per instruction: the entry nodes its result depends on
+
+
+def dependencies(models: list[InsnModel], profile: Profile, looping: bool = True) -> Walk:
+    """D[s][r] = longest path from register (or memory node) r at entry to s at
+    exit (only entries that exist), and the critical path from the entry.  Memory nodes `mem:<k>` are the loop-carried stores of
     a block that loops on itself (emulator/cycles/memdeps.py): a first pass
     finds them, the second lets loads read them.  A block that does not loop
     is not run again right after itself, so nothing is carried through memory
     (a vDSO call updates its state once per call)."""
     first = _walk(models, profile, [])
-    return _walk(models, profile, first[2].carried_stores() if looping else [])
+    return _walk(models, profile, first.mem.carried_stores() if looping else [])
 
 
-def _walk(models: list[InsnModel], profile: Profile, carried: list) -> tuple[dict[str, dict[str, float]], float,
-                                                                               MemWalk]:
+def _walk(models: list[InsnModel], profile: Profile, carried: list) -> Walk:
     ready: dict[str, dict[str, float]] = {}       # reg -> {entry reg: latest path}
     abs_ready: dict[str, float] = {}              # reg -> time, all inputs ready at 0
     crit = 0.0
@@ -134,6 +147,7 @@ def _walk(models: list[InsnModel], profile: Profile, carried: list) -> tuple[dic
             break
         net += m.rsp_delta or 0
     mem = MemWalk(profile, written, net, carried=carried)
+    deps: list[frozenset] = []
 
     def vec(r: str) -> dict[str, float]:
         v = ready.get(r)
@@ -145,6 +159,7 @@ def _walk(models: list[InsnModel], profile: Profile, carried: list) -> tuple[dic
                 ready[d] = {}
                 abs_ready[d] = 0.0
             mem.wrote(m.dsts, m.rsp_delta)
+            deps.append(frozenset())
             continue
         if m.eliminated:
             src = [s for s in m.data_srcs if s not in m.dsts or len(m.data_srcs) == 1] or list(m.data_srcs)
@@ -154,6 +169,7 @@ def _walk(models: list[InsnModel], profile: Profile, carried: list) -> tuple[dic
                 ready[d] = v
                 abs_ready[d] = t
             mem.wrote(m.dsts, m.rsp_delta)
+            deps.append(frozenset(v))
             continue
         load_lat = sum(u.lat for u in m.uops if u.kind == "load")
         op_lat = sum(u.lat for u in m.uops if u.kind in ("op", "branch"))
@@ -179,8 +195,9 @@ def _walk(models: list[InsnModel], profile: Profile, carried: list) -> tuple[dic
             ready[d] = v
             abs_ready[d] = t
         mem.wrote(m.dsts, m.rsp_delta)
+        deps.append(frozenset(v))
     ready.update(mem.carried_out())
-    return ready, crit, mem
+    return Walk(ready, crit, mem, deps)
 
 
 def loop_start(models: list[InsnModel]) -> int | None:
@@ -198,9 +215,10 @@ def loop_start(models: list[InsnModel]) -> int | None:
     return None
 
 
-def recurrence(models: list[InsnModel], profile: Profile, looping: bool = True) -> tuple[float, float, MemWalk]:
-    """(loop-carried chain per execution, critical path from entry, the memory walk)."""
-    ready, crit, walk = dependencies(models, profile, looping)
+def recurrence(models: list[InsnModel], profile: Profile, looping: bool = True) -> tuple[float, float, Walk]:
+    """(loop-carried chain per execution, critical path from entry, the walk)."""
+    walk = dependencies(models, profile, looping)
+    ready, crit = walk.ready, walk.crit
     w: dict[tuple[str, str], float] = {}
     for s, v in ready.items():
         if s == FLAGS:
@@ -225,17 +243,19 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
     # the loop inside it when its final branch goes back into the block (the
     # first iteration executed as part of this block belongs to the same chain).
     rec, crit, walk = recurrence(models, profile, looping)
+    body_walk = walk
     if start:
-        rec = max(rec, recurrence(models[start:], profile)[0])
+        sub, _, body_walk = recurrence(models[start:], profile)
+        rec = max(rec, sub)
     counts: dict[str, float] = {}
     for m in models:
         for u in m.uops:
             if u.ports and (looping or u.kind != "store" or u.ports not in store_groups):
                 counts[u.ports] = counts.get(u.ports, 0.0) + 1.0
     rmw_group = core.get("rmw_forward_ports")
-    if walk.rmw_forwards and rmw_group:
+    if walk.mem.rmw_forwards and rmw_group:
         # Renaming through read-modify-writes (emulator/cycles/memdeps.py) has its own limit.
-        counts[str(rmw_group)] = counts.get(str(rmw_group), 0.0) + walk.rmw_forwards
+        counts[str(rmw_group)] = counts.get(str(rmw_group), 0.0) + walk.mem.rmw_forwards
     pb, pwhich = port_bound(counts, profile)
     bounds = {"dispatch": mops / width if width else 0.0, f"ports:{pwhich}": pb}
     last = models[-1] if models else None
@@ -246,19 +266,13 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
         bounds["branch"] = taken
     throughput, bound = max(((v, k) for k, v in bounds.items()), default=(0.0, "dispatch"))
     cost = max(throughput, rec)
-    exit_overlap = 0.0
+    loop_window = None
     if rec > throughput:
         bound = "recurrence"
         if looping:
-            # When a latency-bound loop exits, the out-of-order window already
-            # holds the work after it: that work runs while the loop's last
-            # chain drains.  The window (core.window_uops, calibrated) drains at
-            # the loop's own rate of uops per cycle; at most one iteration overlaps.
-            body = models[start:]
-            uops = sum(1 for m in body for u in m.uops if u.ports)
-            win = float(core.get("window_uops", 0))
-            if uops and win:
-                exit_overlap = min(rec, win * rec / uops)
+            # What the loop leaves waiting in the schedulers each iteration: the
+            # work after its exit overlaps its last chains (emulator/cycles/window.py).
+            loop_window = window.loop_window(models[start:], body_walk, rec, profile)
     rep_elem = 0.0
     if last is not None and last.rep:
         cost += float(core.get("rep_startup", 14))
@@ -269,7 +283,7 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
     if not any(weights):
         weights = [1.0] * len(models)
     return BlockTiming(cost=cost, throughput=throughput, recurrence=rec, latency=crit, bound=bound,
-                       weights=weights, rep_elem=rep_elem, exit_overlap=exit_overlap,
+                       weights=weights, rep_elem=rep_elem, loop_window=loop_window,
                        detail={"mops": mops, "ports": counts, "bounds": bounds, "loop": looping,
                                "loop_target": models[start].address if looping else None,
                                "target": last.target if last is not None else None})
