@@ -10,10 +10,12 @@ leaves up (no module imports one above it; python tests/import_graph.py):
     stats       counters;  stages: FaultStage / FaultResult;  swapfile: swap slots
     page        Frame (struct page) and PTE (incl. the dropped and guard markers)
     pgtable     PageTable: touched pages only, walked by range
+    file        MappedFile (what mm needs of a file), BytesFile, HostFile
     vma         struct vm_area_struct;  vma_tree: the ordered VMA set (split, merge)
     mm_types    MmStruct / Zone protocols: what the modules below see of MM/PhysMem
     vmscan      reclaim: drop droppable pages, swap out anonymous ones
-    physmem     PhysMem: frames under a budget, zero page, LRU, failure injection
+    physmem     PhysMem: frames under a budget, zero page, LRU, page cache, failure injection
+    filemap     the page cache: file pages read on fault, shared by every mapping
     overcommit  commit accounting (vm_committed_as, overcommit modes)
     memory      handle_mm_fault and the per-kind fault handlers
     gup         populate, peek, copy_from_user, FOLL_FORCE poke
@@ -32,6 +34,7 @@ leaves up (no module imports one above it; python tests/import_graph.py):
 from . import flags
 from .coredump import CoreDump, CoreSegment
 from .flags import *  # noqa: F401,F403  (the constants are the API too)
+from .file import BytesFile, HostFile, MappedFile
 from .kconfig import KernelConfig, host_kernel_config
 from .memory import access_error, handle_mm_fault
 from .mm_struct import MM
@@ -44,5 +47,6 @@ from .vma import VMA
 
 __all__ = ["MM", "PhysMem", "VMA", "PTE", "Frame", "FaultResult", "FaultStage", "STAGE_KINDS",
            "MMSnapshot", "CoreDump", "CoreSegment", "MMStats", "PhysStats", "access_error",
-           "handle_mm_fault", "flags", "KernelConfig", "host_kernel_config"]
+           "handle_mm_fault", "flags", "KernelConfig", "host_kernel_config", "MappedFile",
+           "BytesFile", "HostFile"]
 __all__ += [_n for _n in dir(flags) if _n.isupper()]

@@ -26,6 +26,7 @@ EEXIST = 17
 ENODEV = 19
 EINVAL = 22
 EOVERFLOW = 75
+EOPNOTSUPP = 95
 
 # --- PROT_* ----------------------------------------------------------------
 PROT_NONE = 0x0

@@ -11,21 +11,30 @@ Per parent VMA:
   (reads see zeros); VM_DROPPABLE and the other flags are inherited; a pinned
   special mapping (mm/special_mapping.py) gets fresh zeroed kernel pages instead,
   or the fork fails with -ENOMEM;
+- a file mapping with no anonymous page and no guard marker: the VMA only; the
+  child faults its pages in from the page cache;
 - otherwise the PTEs are shared copy-on-write: present frames are write-protected
-  in both mms; swap entries and zero-page mappings are shared.
+  in both mms; swap entries, zero-page and page-cache mappings are shared.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Union
 
-from .flags import ENOMEM, VM_ACCOUNT, VM_INIT_DEF_MASK, VM_LOCKED_MASK
+from .flags import ENOMEM, VM_ACCOUNT, VM_COPY_ON_FORK, VM_INIT_DEF_MASK, VM_LOCKED_MASK
 from .overcommit import vm_enough_memory, vm_unacct_memory
 from .page import PTE
 from .special_mapping import dup_special_mappings
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mm_types import MmStruct
+
+
+def vma_needs_copy(vma) -> bool:
+    """kernel/fork.c vma_needs_copy(): anonymous pages (an anon_vma) or guard
+    markers (VM_COPY_ON_FORK) live only in the page table and must be copied; a
+    file mapping without either is refaulted from the page cache by the child."""
+    return vma.vm_file is None or vma.anon_vma is not None or bool(vma.vm_flags & VM_COPY_ON_FORK)
 
 
 def dup_mm(parent: "MmStruct", allocate_mm: Callable[[], "MmStruct"]) -> Union["MmStruct", int]:
@@ -53,7 +62,7 @@ def dup_mm(parent: "MmStruct", allocate_mm: Callable[[], "MmStruct"]) -> Union["
         cv = v.copy(vm_flags=v.vm_flags & ~VM_LOCKED_MASK)
         if v.is_wipeonfork:
             cv.anon_vma = None                 # no pages, a fresh anon_vma later
-        else:
+        elif vma_needs_copy(v):
             copied.append(v)
         child.vma_tree.insert(cv)
         child.mark_changed(cv.start, cv.end)

@@ -10,6 +10,7 @@ from .flags import (EAGAIN, EFAULT, EINVAL, ENOMEM, FAULT_FLAG_REMOTE, FAULT_FLA
                     PAGE_SHIFT, PAGE_SIZE, VM_EXEC, VM_FAULT_OOM, VM_FAULT_SIGBUS,
                     VM_FAULT_SIGSEGV, VM_IO, VM_LOCKONFAULT, VM_MAYWRITE, VM_PFNMAP,
                     VM_READ, VM_SHARED, VM_WRITE)
+from .filemap import file_page_bytes, file_pages
 from .memory import handle_mm_fault
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -92,7 +93,9 @@ def populate_range_for(mm: "MmStruct", start: int, end: int, write: bool) -> int
 
 def peek(mm: "MmStruct", addr: int, n: int) -> bytes:
     """Read without faulting: present pages give their frame bytes, swapped pages
-    their slot bytes, everything else (not present, dropped, no VMA) zeros."""
+    their slot bytes, pages of a file mapping not faulted in yet what a read would
+    see (the page cache, else the file; zeros past its end), everything else (not
+    present, dropped, guard, no VMA) zeros."""
     out = bytearray()
     pt = mm.pt
     swap = mm.phys.swap
@@ -104,6 +107,12 @@ def peek(mm: "MmStruct", addr: int, n: int) -> bytes:
             out += pte.frame.data[off:off + k]
         elif pte is not None and pte.swap_slot is not None:
             out += swap.get(pte.swap_slot).data[off:off + k]
+        elif pte is None or pte.none:
+            vma = mm.find_vma(addr)
+            if vma is not None and vma.vm_file is not None:
+                out += file_page_bytes(mm.phys, vma.vm_file, vma.pgoff_of(addr))[off:off + k]
+            else:
+                out += bytes(k)
         else:
             out += bytes(k)
         addr += k
@@ -112,9 +121,10 @@ def peek(mm: "MmStruct", addr: int, n: int) -> bytes:
 
 
 def copy_from_user(mm: "MmStruct", addr: int, n: int) -> bytes:
-    """Up to n bytes at addr, stopping short at the first page outside any VMA or
-    in a VMA the user cannot read (like copy_from_user's return value). Does not
-    fault anything in; not-present pages of a readable VMA read as zeros."""
+    """Up to n bytes at addr, stopping short at the first page outside any VMA, in
+    a VMA the user cannot read, at a guard page or past the end of a mapped file
+    (like copy_from_user's return value). Does not fault anything in; other
+    not-present pages read as a fault would make them read (peek)."""
     end = addr + n
     stop = addr
     pt = mm.pt
@@ -123,10 +133,17 @@ def copy_from_user(mm: "MmStruct", addr: int, n: int) -> bytes:
         if vma is None or not (vma.vm_flags & (VM_READ | VM_WRITE | VM_EXEC)):
             break
         vend = min(end, vma.end)
+        if vma.vm_file is not None:            # a page past EOF would SIGBUS
+            eof = vma.start + ((file_pages(vma.vm_file) - vma.vm_pgoff) << PAGE_SHIFT)
+            if eof <= stop:
+                break
+            vend = min(vend, eof)
         for vpn in mm.vpns_in(stop, vend):     # a guard page is unreadable too
             if pt[vpn].guard:
                 return peek(mm, addr, max(vpn << PAGE_SHIFT, addr) - addr)
         stop = vend
+        if vend < min(end, vma.end):
+            break
     return peek(mm, addr, stop - addr)
 
 

@@ -72,7 +72,7 @@ def madvise_new_flags(vma: "VMA", advice: int) -> int:
             return -EINVAL
         return f & ~VM_DONTCOPY
     if advice == MADV_WIPEONFORK:
-        if f & VM_SHARED:                      # only private anonymous memory
+        if f & VM_SHARED or vma.vm_file is not None:    # only private anonymous memory
             return -EINVAL
         return f | VM_WIPEONFORK
     if advice == MADV_KEEPONFORK:
@@ -160,8 +160,8 @@ def _pageout(mm: "MmStruct", start: int, end: int) -> None:
         f = pte.frame
         if vmscan.frame_unevictable(f):
             continue                           # kernel pages of a VM_IO special mapping
-        if f.droppable or f.lazyfree:
-            vmscan.discard_frame(phys, f)
+        if f.droppable or f.lazyfree or f.mapping is not None:
+            vmscan.discard_frame(phys, f)      # page-cache pages: evicted, re-read later
         elif phys.swap.free > 0:
             vmscan.swap_out_frame(phys, f)
 
@@ -225,6 +225,8 @@ def _madvise_vma(mm: "MmStruct", vma: "VMA", start: int, end: int, advice: int) 
     if advice in (MADV_DONTNEED, MADV_DONTNEED_LOCKED):
         _zap(mm, start, end)
     elif advice == MADV_FREE:
+        if vma.vm_file is not None:
+            return -EINVAL                     # lazy freeing is for anonymous memory
         _lazyfree(mm, start, end)
     elif advice == MADV_PAGEOUT:
         _pageout(mm, start, end)

@@ -2,13 +2,17 @@
 do_anonymous_page / do_wp_page / do_swap_page. mm decides; the arch side
 (emulator) applies the VM_FAULT_* bits.
 
-Only anonymous memory exists here, so every fault is one of:
-- a none PTE, read:  map the shared zero page read-only (no allocation);
-- a none PTE, write: allocate and zero a frame (the only place, with COW copies
-  and swap-in, where OOM can happen);
+Every fault is one of:
+- a none PTE in anonymous memory, read:  map the shared zero page read-only (no
+  allocation);
+- a none PTE in anonymous memory, write: allocate and zero a frame (OOM can
+  happen here, in COW copies, swap-in and file reads);
+- a none PTE in a file mapping (do_fault): do_read_fault maps the page-cache page
+  read-only, do_cow_fault gives a write a private copy of it; a page past the
+  end of the file is VM_FAULT_SIGBUS;
 - a swap PTE:        swap in (VM_FAULT_MAJOR, as the kernel reports it);
 - a write to a read-only present PTE: do_wp_page (zero page -> fresh zeroed frame;
-  sole owner -> reuse; shared -> copy).
+  page-cache page -> copy; sole owner -> reuse; shared -> copy).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import TYPE_CHECKING, Optional
 
 from .flags import (DROPPABLE_OOM_SKIP, FAULT_FLAG_INSTRUCTION, FAULT_FLAG_USER,
                     FAULT_FLAG_WRITE, PAGE_MASK, PAGE_SHIFT, VM_EXEC, VM_FAULT_MAJOR,
-                    VM_FAULT_OOM, VM_FAULT_SIGSEGV, VM_FAULT_SKIP_INSN, VM_MAYWRITE,
+                    VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_SIGSEGV, VM_FAULT_SKIP_INSN, VM_MAYWRITE,
                     VM_READ, VM_WRITE)
+from .filemap import file_pages, filemap_fault
 from .page import PTE, ZERO_BYTES
 from .stages import FaultResult, FaultStage
 
@@ -104,6 +109,8 @@ def handle_pte_fault(mm: "MmStruct", vma: "VMA", address: int, flags: int,
         mm.stats.faults_by_kind["guard"] += 1
         return VM_FAULT_SIGSEGV
     if pte is None or pte.none:
+        if vma.vm_file is not None:
+            return do_fault(mm, vma, vpn, flags, stages)
         return do_anonymous_page(mm, vma, vpn, flags, stages)
     if pte.frame is None:
         return do_swap_page(mm, vma, vpn, pte, flags, stages)
@@ -148,10 +155,62 @@ def do_anonymous_page(mm: "MmStruct", vma: "VMA", vpn: int, flags: int,
     return ret
 
 
+def do_fault(mm: "MmStruct", vma: "VMA", vpn: int, flags: int,
+             stages: list[FaultStage]) -> int:
+    """A none PTE in a file mapping: do_read_fault, or do_cow_fault for a write
+    (every file mapping here is private or read-only shared). A page wholly past
+    the end of the file does not exist: VM_FAULT_SIGBUS."""
+    pgoff = vma.pgoff_of(vpn << PAGE_SHIFT)
+    if pgoff >= file_pages(vma.vm_file):
+        stages.append(FaultStage("sigbus", {"reason": "beyond_eof", "pgoff": pgoff}))
+        mm.stats.faults_by_kind["sigbus"] += 1
+        return VM_FAULT_SIGBUS
+    if flags & FAULT_FLAG_WRITE:
+        return do_cow_fault(mm, vma, vpn, pgoff, stages)
+    return do_read_fault(mm, vma, vpn, pgoff, stages)
+
+
+def do_read_fault(mm: "MmStruct", vma: "VMA", vpn: int, pgoff: int,
+                  stages: list[FaultStage]) -> int:
+    """Map the page-cache page, read-only whatever the VMA allows: a later write
+    goes through do_wp_page and copies."""
+    frame, ret = filemap_fault(mm.phys, vma.vm_file, pgoff, stages)
+    if frame is None:
+        return ret
+    mm.set_pte(vpn, PTE(frame, False))
+    mm.stats.faults_by_kind["file_read"] += 1
+    return ret
+
+
+def do_cow_fault(mm: "MmStruct", vma: "VMA", vpn: int, pgoff: int,
+                 stages: list[FaultStage]) -> int:
+    """A write to a never-mapped page of a private file mapping: a private copy
+    of the file page (which is read into the page cache if needed)."""
+    phys = mm.phys
+    new = phys.alloc_frame(stages)
+    if new is None:
+        return VM_FAULT_OOM
+    src, ret = filemap_fault(phys, vma.vm_file, pgoff, stages)
+    if src is None:
+        phys.free_frame(new)
+        return ret
+    _anon_vma_prepare(mm, vma)
+    new.data[:] = src.data
+    stages.append(FaultStage("cow_copy", {"from_pfn": src.pfn, "pfn": new.pfn, "file": True}))
+    mm.stats.cow_copies += 1
+    mm.stats.faults_by_kind["file_cow"] += 1
+    mm.set_pte(vpn, PTE(new, bool(vma.vm_flags & VM_WRITE)))
+    return ret
+
+
 def do_wp_page(mm: "MmStruct", vma: "VMA", vpn: int, pte: PTE, stages: list[FaultStage]) -> int:
     phys = mm.phys
     old = pte.frame
     writable = bool(vma.vm_flags & VM_WRITE)
+    if old.mapping is not None:
+        # A page-cache page in a private mapping: always copied (wp_page_copy),
+        # never reused, even when only this PTE maps it.
+        return _wp_page_copy(mm, vma, vpn, pte, stages)
     if old.is_zero:
         # wp_page_copy() from the zero page allocates a zeroed page: no copy.
         ret = _new_zeroed(mm, vma, vpn, stages, from_zero_page=True)
@@ -178,8 +237,16 @@ def do_wp_page(mm: "MmStruct", vma: "VMA", vpn: int, pte: PTE, stages: list[Faul
         mm.stats.reuses += 1
         mm.stats.faults_by_kind["wp_reuse"] += 1
         return 0
-    # Shared with another mapping (fork): copy. Pin the source so reclaim
-    # cannot swap it out from under us while we allocate.
+    return _wp_page_copy(mm, vma, vpn, pte, stages)
+
+
+def _wp_page_copy(mm: "MmStruct", vma: "VMA", vpn: int, pte: PTE,
+                  stages: list[FaultStage]) -> int:
+    """wp_page_copy(): a private copy of a shared (forked or page-cache) frame."""
+    phys = mm.phys
+    old = pte.frame
+    writable = bool(vma.vm_flags & VM_WRITE)
+    # Pin the source so reclaim cannot take it from under us while we allocate.
     phys.pinned.add(old)
     try:
         new = phys.alloc_frame(stages, droppable=vma.is_droppable)
@@ -192,7 +259,8 @@ def do_wp_page(mm: "MmStruct", vma: "VMA", vpn: int, pte: PTE, stages: list[Faul
         return 0
     _anon_vma_prepare(mm, vma)
     new.data[:] = old.data
-    stages.append(FaultStage("cow_copy", {"from_pfn": old.pfn, "pfn": new.pfn}))
+    stages.append(FaultStage("cow_copy", {"from_pfn": old.pfn, "pfn": new.pfn,
+                                          "file": old.mapping is not None}))
     mm.stats.cow_copies += 1
     mm.stats.faults_by_kind["wp_copy"] += 1
     mm.set_pte(vpn, PTE(new, writable))

@@ -19,6 +19,7 @@ from . import snapshot as _snapshot
 from . import vmscan
 from .flags import (DROPPABLE_OOM_POLICIES, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE,
                     TASK_SIZE, VM_ACCOUNT)
+from .file import MappedFile
 from .page import PTE
 from .pgtable import PageTable
 from .physmem import PhysMem
@@ -99,8 +100,10 @@ class MM:
 
     # --- syscalls ---------------------------------------------------------------------------
     def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1,
-             offset: int = 0) -> int:
-        return mmap.do_mmap(self, addr, length, prot, flags, fd, offset)
+             offset: int = 0, *, file: Optional[MappedFile] = None) -> int:
+        """mmap(2): the address or -errno. For a file mapping, pass the open file as
+        ``file`` (fd is then informational); mm only ever reads it."""
+        return mmap.do_mmap(self, addr, length, prot, flags, fd, offset, file)
 
     def munmap(self, addr: int, length: int) -> int:
         return mmap.do_munmap(self, addr, length)

@@ -37,6 +37,8 @@ class Zone(Protocol):
     zero_pte: "PTE"
     lru_anon: "OrderedDict[Frame, None]"
     lru_drop: "OrderedDict[Frame, None]"
+    lru_file: "OrderedDict[Frame, None]"
+    page_cache: "dict[tuple, Frame]"
     pinned: set
     stats: "PhysStats"
     vm_committed_as: int
@@ -57,6 +59,10 @@ class Zone(Protocol):
     def rmap_remove(self, frame: "Frame", mm: "MmStruct", vaddr: int) -> None: ...
 
     def set_lazyfree(self, frame: "Frame", lazy: bool) -> None: ...
+
+    def pagecache_add(self, frame: "Frame", key: tuple) -> None: ...
+
+    def pagecache_remove(self, frame: "Frame") -> None: ...
 
     def snap_get(self, frame: "Frame") -> None: ...
 

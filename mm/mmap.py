@@ -1,8 +1,10 @@
 """mmap/munmap (mm/mmap.c do_mmap, mmap_region, do_vmi_munmap; get_unmapped_area).
 
-Only anonymous memory is modelled: MAP_PRIVATE and MAP_DROPPABLE. Shared
-anonymous memory (shmem) and files are refused (-ENODEV), MAP_HUGETLB as on a
-system with no huge pages reserved (-ENOMEM).
+Anonymous memory (MAP_PRIVATE, MAP_DROPPABLE) and file-backed mappings of files
+opened read-only (mm/file.py): MAP_PRIVATE ones, and read-only MAP_SHARED ones,
+which the kernel turns into private read-only mappings for a read-only open (a
+writable MAP_SHARED is -EACCES). Shared anonymous memory (shmem) is refused
+(-ENODEV), MAP_HUGETLB as on a system with no huge pages reserved (-ENOMEM).
 
 Under mlockall(MCL_FUTURE) the order is the kernel's: vm_flags include
 mm->def_flags from the start, so VM_LOCKED takes part in the RLIMIT_MEMLOCK check
@@ -13,24 +15,32 @@ neither marked "lo" nor counted in locked_vm.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
-from .flags import (EBADF, EEXIST, EINVAL, ENODEV, ENOMEM, EPERM, EAGAIN, MAP_ANONYMOUS,
-                    MAP_DROPPABLE, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_HUGETLB, MAP_LOCKED,
-                    MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE, MAP_PRIVATE, MAP_SHARED,
-                    MAP_SHARED_VALIDATE, MAP_TYPE, OVERCOMMIT_NEVER, PAGE_MASK,
-                    VM_ACCOUNT, VM_DONTDUMP, VM_DROPPABLE, VM_GROWSDOWN, VM_HUGETLB, VM_LOCKED,
-                    VM_LOCKED_MASK, VM_MAYEXEC, VM_MAYREAD, VM_MAYWRITE,
-                    VM_NORESERVE, VM_SPECIAL, VM_WIPEONFORK, calc_vm_flag_bits,
+from .flags import (EACCES, EAGAIN, EBADF, EEXIST, EINVAL, ENODEV, ENOMEM, EOPNOTSUPP,
+                    EOVERFLOW, EPERM, MAP_ANONYMOUS, MAP_DENYWRITE, MAP_DROPPABLE,
+                    MAP_EXECUTABLE, MAP_FIXED, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN,
+                    MAP_HUGETLB, MAP_LOCKED, MAP_NONBLOCK, MAP_NORESERVE, MAP_POPULATE,
+                    MAP_PRIVATE, MAP_SHARED, MAP_SHARED_VALIDATE, MAP_STACK, MAP_TYPE,
+                    MAP_UNINITIALIZED, OVERCOMMIT_NEVER, PAGE_MASK, PAGE_SHIFT, PROT_WRITE,
+                    VM_ACCOUNT, VM_DONTDUMP, VM_DROPPABLE, VM_GROWSDOWN, VM_HUGETLB,
+                    VM_LOCKED, VM_LOCKED_MASK, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE,
+                    VM_MAYWRITE, VM_NORESERVE, VM_SPECIAL, VM_WIPEONFORK, calc_vm_flag_bits,
                     calc_vm_prot_bits, page_align)
 from .gup import populate_range
 from .overcommit import accountable_mapping, vm_enough_memory, vm_unacct_memory
 from .vma import VMA
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .file import MappedFile
     from .mm_types import MmStruct
 
 MAX_MAP_COUNT = 65530           # /proc/sys/vm/max_map_count default
+MAX_LFS_FILESIZE = (1 << 63) - 1
+# The flags MAP_SHARED keeps and MAP_SHARED_VALIDATE accepts (include/linux/mman.h).
+LEGACY_MAP_MASK = (MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_DENYWRITE
+                   | MAP_EXECUTABLE | MAP_UNINITIALIZED | MAP_GROWSDOWN | MAP_LOCKED
+                   | MAP_NORESERVE | MAP_POPULATE | MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB)
 
 
 def can_do_mlock(mm: "MmStruct") -> bool:
@@ -78,20 +88,29 @@ def get_unmapped_area(mm: "MmStruct", addr: int, length: int, flags: int) -> int
 
 
 def do_mmap(mm: "MmStruct", addr: int, length: int, prot: int, flags: int, fd: int = -1,
-            offset: int = 0) -> int:
-    """mmap(2) for anonymous memory. Returns the address or -errno."""
+            offset: int = 0, file: Optional["MappedFile"] = None) -> int:
+    """mmap(2). Returns the address or -errno.
+
+    Without MAP_ANONYMOUS, ``file`` is the open file ``fd`` refers to (the caller
+    resolved the descriptor; mm treats every file as opened read-only). With
+    MAP_ANONYMOUS both are ignored, as the kernel ignores fd."""
     if offset & ~PAGE_MASK:
         return -EINVAL                       # x86 sys_mmap: offset must be page aligned
     typ = flags & MAP_TYPE
-    if not flags & MAP_ANONYMOUS:
-        if fd < 0:
-            return -EBADF                    # ksys_mmap_pgoff: fget(fd) fails
-        # A file: do_mmap's file switch knows no MAP_DROPPABLE (6.11: droppable
-        # memory must be anonymous) and no unknown types.
-        if typ not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
-            return -EINVAL
-        return -ENODEV                       # file mappings are not modelled
-    if flags & MAP_HUGETLB and typ != MAP_DROPPABLE:
+    if flags & MAP_ANONYMOUS:
+        file = None
+    else:
+        if file is None:
+            if fd < 0:
+                return -EBADF                # ksys_mmap_pgoff: fget(fd) fails
+            # do_mmap's file switch knows no MAP_DROPPABLE (6.11: droppable memory
+            # must be anonymous) and no unknown types.
+            if typ not in (MAP_SHARED, MAP_PRIVATE, MAP_SHARED_VALIDATE):
+                return -EINVAL
+            return -ENODEV                   # a descriptor but no file object to map
+        if flags & MAP_HUGETLB:
+            return -EINVAL                   # MAP_HUGETLB with a file not on hugetlbfs
+    if file is None and flags & MAP_HUGETLB and typ != MAP_DROPPABLE:
         return -ENOMEM                       # no huge pages reserved (nr_hugepages = 0)
 
     if length == 0:
@@ -105,6 +124,8 @@ def do_mmap(mm: "MmStruct", addr: int, length: int, prot: int, flags: int, fd: i
     length = page_align(length)
     if length == 0 or length > mm.task_size:
         return -ENOMEM
+    if file is not None and offset + length > MAX_LFS_FILESIZE:
+        return -EOVERFLOW                    # file_mmap_ok()
     if len(mm.vma_tree) > MAX_MAP_COUNT:
         return -ENOMEM
 
@@ -124,9 +145,26 @@ def do_mmap(mm: "MmStruct", addr: int, length: int, prot: int, flags: int, fd: i
     if not mlock_future_ok(mm, vm_flags, length):
         return -EAGAIN                       # MAP_LOCKED over RLIMIT_MEMLOCK
 
-    if typ == MAP_SHARED:
+    if file is not None:
+        if typ in (MAP_SHARED, MAP_SHARED_VALIDATE):
+            if typ == MAP_SHARED:
+                flags &= LEGACY_MAP_MASK
+            elif flags & ~LEGACY_MAP_MASK:
+                return -EOPNOTSUPP           # MAP_SHARED_VALIDATE: unknown flags
+            if prot & PROT_WRITE:
+                return -EACCES               # the file is open read-only
+            # A read-only open: VM_MAYSHARE (smaps says 's') but neither VM_SHARED
+            # nor VM_MAYWRITE, so the mapping behaves as a private read-only one and
+            # mprotect(PROT_WRITE) is -EACCES.
+            vm_flags |= VM_MAYSHARE
+            vm_flags &= ~VM_MAYWRITE
+        elif typ != MAP_PRIVATE:
+            return -EINVAL
+        if vm_flags & VM_GROWSDOWN:
+            return -EINVAL
+    elif typ == MAP_SHARED:
         return -ENODEV                       # shared anonymous memory (shmem) not modelled
-    if typ == MAP_DROPPABLE:
+    elif typ == MAP_DROPPABLE:
         # 6.11 mm/mmap.c: a locked or stack area makes no sense droppable; huge
         # pages neither. Droppable pages are not reserved (VM_NORESERVE, even under
         # OVERCOMMIT_NEVER) and too volatile to survive fork or core dumps.
@@ -139,7 +177,7 @@ def do_mmap(mm: "MmStruct", addr: int, length: int, prot: int, flags: int, fd: i
     if flags & MAP_NORESERVE and mm.phys.overcommit_memory != OVERCOMMIT_NEVER:
         vm_flags |= VM_NORESERVE             # honoured only when overcommit is allowed
 
-    addr = mmap_region(mm, addr, length, vm_flags)
+    addr = mmap_region(mm, addr, length, vm_flags, file, offset >> PAGE_SHIFT)
     if addr < 0:
         return addr
     if vm_flags & VM_LOCKED or (flags & (MAP_POPULATE | MAP_NONBLOCK)) == MAP_POPULATE:
@@ -150,8 +188,10 @@ def do_mmap(mm: "MmStruct", addr: int, length: int, prot: int, flags: int, fd: i
     return addr
 
 
-def mmap_region(mm: "MmStruct", addr: int, length: int, vm_flags: int) -> int:
-    """Replace whatever is at [addr, addr+length) by a new anonymous VMA."""
+def mmap_region(mm: "MmStruct", addr: int, length: int, vm_flags: int,
+                file: Optional["MappedFile"] = None, pgoff: int = 0) -> int:
+    """Replace whatever is at [addr, addr+length) by a new VMA (of file from page
+    pgoff, or anonymous)."""
     end = addr + length
     pages = length >> 12
     old_accounted = sum(
@@ -174,7 +214,8 @@ def mmap_region(mm: "MmStruct", addr: int, length: int, vm_flags: int) -> int:
         else:
             mm.locked_vm += pages
     # Every new VMA is soft-dirty, on kernels built with CONFIG_MEM_SOFT_DIRTY.
-    vma = VMA(addr, end, vm_flags | mm.phys.kconfig.vm_softdirty)
+    vma = VMA(addr, end, vm_flags | mm.phys.kconfig.vm_softdirty, vm_file=file,
+              vm_pgoff=pgoff if file is not None else 0)
     mm.vma_tree.insert(vma)
     mm.vma_tree.merge_around(addr, end)
     mm.mark_changed(addr, end)

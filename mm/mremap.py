@@ -193,9 +193,14 @@ def move_vma(mm: "MmStruct", vma: "VMA", old_addr: int, old_len: int, new_len: i
         if charge > 0 and vm_enough_memory(mm.phys, charge, mm):
             return -ENOMEM
     old_end = old_addr + old_len
-    olds = mm.vma_tree.isolate(old_addr, old_end)
-    src = olds[0]
-    new = src.copy(start=new_addr, end=new_addr + new_len)
+    if old_len:
+        olds = mm.vma_tree.isolate(old_addr, old_end)
+        new = olds[0].copy(start=new_addr, end=new_addr + new_len)
+    else:
+        # old_len 0 on a shared mapping: a second mapping of the same file pages.
+        olds = []
+        new = vma.copy(start=new_addr, end=new_addr + new_len,
+                       vm_pgoff=vma.pgoff_of(old_addr) if vma.vm_file is not None else 0)
     mm.vma_tree.insert(new)
     mm.mark_changed(new_addr, new_addr + new_len)
 

@@ -31,6 +31,10 @@ class Frame:
     stale:     (mm id, drain generation) of every mapping removed since the frame was
                last handed out; the frame is reused only once each of those mms has
                drained its changes (so the emulator no longer maps the old address).
+    mapping:   ((file key), page index) for a page-cache frame (folio->mapping,
+               ->index), None for anonymous memory. Page-cache frames are never
+               written and never exclusive: a write to a private mapping copies.
+    cached:    the frame is in the page cache now (charged even when unmapped).
     """
 
     pfn: int
@@ -42,6 +46,8 @@ class Frame:
     lazyfree: bool = False
     is_zero: bool = False
     stale: list = field(default_factory=list, repr=False)
+    mapping: Optional[tuple] = None
+    cached: bool = False
 
     @property
     def mapcount(self) -> int:
@@ -53,8 +59,10 @@ class Frame:
 
     @property
     def exclusive(self) -> bool:
-        """Mapped by exactly one PTE and referenced by nothing else."""
-        return len(self.rmap) == 1 and self.snap_refs == 0 and not self.is_zero
+        """An anonymous frame mapped by exactly one PTE and referenced by nothing
+        else (what do_wp_page may reuse)."""
+        return (len(self.rmap) == 1 and self.snap_refs == 0 and not self.is_zero
+                and self.mapping is None)
 
     def mappers(self) -> list[tuple[Any, int]]:
         """(mm, vaddr) of every PTE mapping the frame (the mm: an mm_types.MmStruct;

@@ -2,7 +2,8 @@
 allocation-failure injection and commit accounting. One PhysMem is shared by every
 mm of the system (a parent and its forked children).
 
-Budget: ``charged`` counts frames mapped by at least one PTE. Frames that only MM
+Budget: ``charged`` counts frames mapped by at least one PTE, and page-cache
+frames (mapped or not, as long as they are cached). Frames that only MM
 snapshots still reference are *not* charged (a snapshot is a harness feature, not
 memory the emulated system owns); restore() charges them again, which may leave
 ``charged`` above ``memory_pages`` until the next allocation reclaims.
@@ -55,6 +56,8 @@ class PhysMem:
         self.charged = 0
         self.lru_anon: OrderedDict[Frame, None] = OrderedDict()   # swap-backed
         self.lru_drop: OrderedDict[Frame, None] = OrderedDict()   # droppable / lazyfree
+        self.lru_file: OrderedDict[Frame, None] = OrderedDict()   # page cache (clean)
+        self.page_cache: dict[tuple, Frame] = {}                  # (file key, pgoff) -> frame
         self.pinned: set[Frame] = set()
         self._free: deque[Frame] = deque()
         self._next_pfn = 1
@@ -144,6 +147,7 @@ class PhysMem:
         frame.stale.clear()
         frame.droppable = droppable
         frame.lazyfree = False
+        frame.mapping = None
         return frame
 
     def _reusable(self, f: Frame) -> bool:
@@ -168,19 +172,26 @@ class PhysMem:
     def _charge(self, frame: Frame) -> None:
         frame.charged = True
         self.charged += 1
-        (self.lru_drop if (frame.droppable or frame.lazyfree) else self.lru_anon)[frame] = None
+        if frame.mapping is not None:
+            lru = self.lru_file
+        elif frame.droppable or frame.lazyfree:
+            lru = self.lru_drop
+        else:
+            lru = self.lru_anon
+        lru[frame] = None
 
     def _uncharge(self, frame: Frame) -> None:
         frame.charged = False
         self.charged -= 1
         self.lru_anon.pop(frame, None)
         self.lru_drop.pop(frame, None)
+        self.lru_file.pop(frame, None)
 
     def set_lazyfree(self, frame: Frame, lazy: bool) -> None:
         if frame.lazyfree == lazy:
             return
         frame.lazyfree = lazy
-        if frame.charged and not frame.droppable:
+        if frame.charged and not frame.droppable and frame.mapping is None:
             src, dst = (self.lru_anon, self.lru_drop) if lazy else (self.lru_drop, self.lru_anon)
             src.pop(frame, None)
             dst[frame] = None
@@ -194,10 +205,31 @@ class PhysMem:
     def rmap_remove(self, frame: Frame, mm: "MmStruct", vaddr: int) -> None:
         frame.rmap.discard((mm, vaddr))
         frame.stale.append((mm.id, self._mm_gen.get(mm.id, 0)))
-        if not frame.rmap:
+        if not frame.rmap and not frame.cached:   # a cached page stays, charged
             self._uncharge(frame)
             if frame.snap_refs == 0:
                 self._release(frame)
+
+    # --- the page cache (mm/filemap.py reads pages in) ------------------------------------
+    def pagecache_add(self, frame: Frame, key: tuple) -> None:
+        """Insert a freshly read frame as the page-cache page for key; charged from
+        now on, mapped or not."""
+        assert key not in self.page_cache
+        frame.mapping = key
+        frame.cached = True
+        self.page_cache[key] = frame
+        if not frame.charged:
+            self._charge(frame)
+
+    def pagecache_remove(self, frame: Frame) -> None:
+        """Evict a page-cache frame (it must be unmapped already)."""
+        assert not frame.rmap and self.page_cache.get(frame.mapping) is frame
+        del self.page_cache[frame.mapping]
+        frame.cached = False
+        self._uncharge(frame)
+        self.stats.pagecache_evictions += 1
+        if frame.snap_refs == 0:
+            self._release(frame)
 
     # --- snapshot references ----------------------------------------------------------
     def snap_get(self, frame: Frame) -> None:
@@ -206,7 +238,7 @@ class PhysMem:
     def snap_put(self, frame: Frame) -> None:
         frame.snap_refs -= 1
         assert frame.snap_refs >= 0
-        if frame.snap_refs == 0 and not frame.rmap:
+        if frame.snap_refs == 0 and not frame.rmap and not frame.cached:
             self._release(frame)
 
     # --- mm registry (for safe frame recycling) ------------------------------------------

@@ -12,13 +12,15 @@ from .flags import (VM_FAULT_ERROR, VM_FAULT_OOM, VM_FAULT_SIGBUS, VM_FAULT_SIGS
 STAGE_KINDS = (
     "vma_check",       # handle_mm_fault's sanity checks on (vma, address, flags)
     "sigsegv",         # vma_check failed, or a guard-region PTE: VM_FAULT_SIGSEGV
+    "sigbus",          # a file page wholly past the end of the file: VM_FAULT_SIGBUS
     "spurious",        # the PTE already allows the access (e.g. another fault fixed it)
     "map_zero_page",   # read fault on a none PTE: the shared zero page mapped read-only
     "swap_in",         # do_swap_page: bytes copied back from a swap slot
-    "reclaim",         # the allocator had to reclaim: detail has dropped/swapped counts
+    "reclaim",         # the allocator had to reclaim: detail has dropped/evicted/swapped
     "alloc",           # a frame allocation attempt: detail["ok"], ["reason"] on failure
+    "filemap_fault",   # the page-cache page of a file: detail["cached"] or read in (MAJOR)
     "zero_fill",       # the new frame was zeroed (first write, or write after zero page)
-    "cow_copy",        # do_wp_page copied a shared frame
+    "cow_copy",        # a private copy of a shared or page-cache frame (detail["file"])
     "reuse",           # do_wp_page made a sole-owner frame writable
     "oom",             # allocation failed in a non-droppable VMA: VM_FAULT_OOM
     "droppable_oom",   # allocation failed in a droppable VMA: per policy skip/retry

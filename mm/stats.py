@@ -45,3 +45,5 @@ class PhysStats:
     swapouts: int = 0
     swapins: int = 0
     frames_created: int = 0      # new Frame objects (vs recycled ones)
+    pagecache_reads: int = 0     # file pages read into the page cache
+    pagecache_evictions: int = 0  # page-cache pages dropped by reclaim

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Optional
+from typing import Any, Optional
 
 from .flags import (PAGE_SHIFT, PROT_EXEC, PROT_READ, PROT_WRITE, VM_ACCOUNT,
                     VM_DONTCOPY, VM_DONTDUMP, VM_DROPPABLE, VM_EXEC, VM_LOCKED,
@@ -13,16 +13,21 @@ from .flags import (PAGE_SHIFT, PROT_EXEC, PROT_READ, PROT_WRITE, VM_ACCOUNT,
 
 @dataclass
 class VMA:
-    """[start, end) with vm_flags. Only anonymous memory is modelled, so there is
-    no vm_file/vm_pgoff; ``anon_vma`` stands for the kernel's anon_vma pointer:
-    None until the first page is allocated (anon_vma_prepare), then an id shared
-    by the pieces of a split (it decides mergeability and core-dump size)."""
+    """[start, end) with vm_flags.
+
+    ``anon_vma`` stands for the kernel's anon_vma pointer: None until the first
+    anonymous page is allocated (anon_vma_prepare), then an id shared by the pieces
+    of a split (it decides mergeability and core-dump size). ``vm_file`` is the
+    mapped file (mm/file.py MappedFile) or None for anonymous memory, and
+    ``vm_pgoff`` the file page at ``start``."""
 
     start: int
     end: int
     vm_flags: int
     name: str = ""
     anon_vma: Optional[int] = None
+    vm_file: Optional[Any] = None
+    vm_pgoff: int = 0
 
     @property
     def size(self) -> int:
@@ -75,7 +80,11 @@ class VMA:
 
     @property
     def is_anonymous(self) -> bool:
-        return True                      # no file mappings in this model
+        return self.vm_file is None
+
+    def pgoff_of(self, addr: int) -> int:
+        """linear_page_index(): the file page mapped at addr."""
+        return self.vm_pgoff + ((addr - self.start) >> PAGE_SHIFT)
 
     @property
     def is_cow_mapping(self) -> bool:
@@ -91,15 +100,20 @@ class VMA:
 
     def __repr__(self) -> str:  # compact, kernel-ish
         n = f" {self.name}" if self.name else ""
+        if self.vm_file is not None:
+            n += f" {self.vm_file.name}@{self.vm_pgoff << PAGE_SHIFT:#x}"
         return f"VMA({self.start:#x}-{self.end:#x} [{vm_flags_str(self.vm_flags)}]{n})"
 
 
 def can_merge(a: VMA, b: VMA) -> bool:
-    """is_mergeable_vma() for two adjacent anonymous VMAs, a directly below b:
-    same flags apart from the sticky ones (VM_SOFTDIRTY, VM_MAYBE_GUARD), same anon
-    name, compatible anon_vma, and nothing VM_SPECIAL."""
+    """is_mergeable_vma() for two adjacent VMAs, a directly below b: same flags
+    apart from the sticky ones (VM_SOFTDIRTY, VM_MAYBE_GUARD), same anon name,
+    compatible anon_vma, nothing VM_SPECIAL, and for file mappings the same open
+    file with contiguous file offsets."""
     return (a.end == b.start
             and ((a.vm_flags ^ b.vm_flags) & ~VM_STICKY) == 0
             and not (a.vm_flags & VM_SPECIAL)
             and a.name == b.name
+            and a.vm_file is b.vm_file
+            and (a.vm_file is None or b.vm_pgoff == a.vm_pgoff + a.pages)
             and (a.anon_vma is None or b.anon_vma is None or a.anon_vma == b.anon_vma))

@@ -82,7 +82,7 @@ class VmaTree:
         v = self._vmas[i]
         if v.start == addr or addr >= v.end:
             return
-        upper = v.copy(start=addr)
+        upper = v.copy(start=addr, vm_pgoff=v.pgoff_of(addr) if v.vm_file is not None else 0)
         v.end = addr
         self._vmas.insert(i + 1, upper)
         self._starts.insert(i + 1, addr)

@@ -4,9 +4,12 @@ Order of a shrink pass, SWAP_CLUSTER_MAX pages at a time, oldest first:
  1. discardable frames: droppable ones (never swap-backed; discarded even when
     dirty: 6.11 try_to_unmap_one skips the "dirty lazyfree -> keep" rule for
     VM_DROPPABLE) and MADV_FREE'd ones not written since;
- 2. only when pass 1 freed nothing, and only with free swap: other anonymous frames
-    are swapped out (bytes copied into a slot, every mapping PTE replaced by the
-    swap entry).
+ 2. clean page-cache frames (file pages: unmapped everywhere and evicted; the
+    next fault reads them again). The kernel balances file and anonymous LRUs by
+    swappiness; this model takes discardable anonymous pages first;
+ 3. only when passes 1 and 2 freed nothing, and only with free swap: other
+    anonymous frames are swapped out (bytes copied into a slot, every mapping PTE
+    replaced by the swap entry).
 mlocked frames (mapped by a VM_LOCKED VMA) are never reclaimed (the kernel moves
 them to the unevictable list; here they are rotated to the LRU tail), nor are
 kernel-provided pages mapped by a VM_IO special mapping (mm/special_mapping.py:
@@ -33,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 @dataclass
 class ReclaimResult:
     dropped: int = 0        # droppable/lazyfree frames discarded
+    evicted: int = 0        # clean page-cache frames dropped
     swapped: int = 0        # anonymous frames swapped out
     scanned: int = 0
     unevictable: int = 0    # skipped: mlocked
@@ -41,7 +45,7 @@ class ReclaimResult:
 
     @property
     def reclaimed(self) -> int:
-        return self.dropped + self.swapped
+        return self.dropped + self.evicted + self.swapped
 
     def detail(self) -> dict:
         return asdict(self)
@@ -67,7 +71,14 @@ def frame_unevictable(frame: Frame) -> bool:
 
 def discard_frame(phys: "Zone", frame: Frame) -> None:
     """Unmap a discardable frame from every PTE. Droppable pages leave the
-    'dropped' marker; a later read maps the zero page, a write a fresh zeroed frame."""
+    'dropped' marker; a later read maps the zero page, a write a fresh zeroed frame.
+    A page-cache page is evicted too: the next fault reads the file again."""
+    if frame.mapping is not None:
+        for mm, vaddr in list(frame.rmap):
+            mm.set_pte(vaddr >> PAGE_SHIFT, None)
+        if frame.cached:
+            phys.pagecache_remove(frame)
+        return
     marker = DROPPED_PTE if frame.droppable else None
     for mm, vaddr in list(frame.rmap):
         mm.set_pte(vaddr >> PAGE_SHIFT, marker)
@@ -89,7 +100,7 @@ def swap_out_frame(phys: "Zone", frame: Frame) -> bool:
 
 
 def _scan(phys: "Zone", lru: "OrderedDict[Frame, None]", target: int,
-          res: ReclaimResult, swap: bool) -> int:
+          res: ReclaimResult, swap: bool, counter: str = "dropped") -> int:
     got = 0
     budget = len(lru)                       # look at each frame at most once per pass
     while lru and budget > 0 and got < target:
@@ -111,17 +122,20 @@ def _scan(phys: "Zone", lru: "OrderedDict[Frame, None]", target: int,
             res.swapped += 1
         else:
             discard_frame(phys, frame)
-            res.dropped += 1
+            setattr(res, counter, getattr(res, counter) + 1)
         got += 1
     return got
 
 
 def shrink(phys: "Zone", nr_to_reclaim: int) -> ReclaimResult:
-    """One reclaim pass: discardable pages first, then swap-out (if any swap)."""
+    """One reclaim pass: droppable and lazily freed pages first, then clean
+    page-cache pages, then swap-out (if any swap and nothing was freed yet)."""
     phys.stats.reclaim_runs += 1
     res = ReclaimResult()
-    _scan(phys, phys.lru_drop, nr_to_reclaim, res, swap=False)
-    if res.dropped == 0 and phys.swap.nr_pages > 0:
+    got = _scan(phys, phys.lru_drop, nr_to_reclaim, res, swap=False)
+    if got < nr_to_reclaim and phys.lru_file:
+        _scan(phys, phys.lru_file, nr_to_reclaim - got, res, swap=False, counter="evicted")
+    if res.reclaimed == 0 and phys.swap.nr_pages > 0:
         _scan(phys, phys.lru_anon, nr_to_reclaim, res, swap=True)
     return res
 
@@ -131,7 +145,7 @@ def reclaim(phys: "Zone", need: int) -> ReclaimResult:
     total = ReclaimResult()
     while True:
         r = shrink(phys, max(need - total.reclaimed, phys.reclaim_batch))
-        for k in ("dropped", "swapped", "scanned", "unevictable", "pinned"):
+        for k in ("dropped", "evicted", "swapped", "scanned", "unevictable", "pinned"):
             setattr(total, k, getattr(total, k) + getattr(r, k))
         total.swap_full = total.swap_full or r.swap_full
         if r.reclaimed == 0 or total.reclaimed >= need:

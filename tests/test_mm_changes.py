@@ -8,13 +8,16 @@ import random
 
 import pytest
 
-from mm import (FAULT_FLAG_USER, FAULT_FLAG_WRITE, MADV_DODUMP, MADV_DONTFORK,
+from mm import (BytesFile, MAP_SHARED, FAULT_FLAG_USER, FAULT_FLAG_WRITE, MADV_DODUMP, MADV_DONTFORK,
                 MADV_DONTNEED, MADV_FREE, MADV_GUARD_INSTALL, MADV_GUARD_REMOVE,
                 MREMAP_DONTUNMAP, MREMAP_FIXED, MREMAP_MAYMOVE, MADV_KEEPONFORK, MADV_PAGEOUT, MADV_WIPEONFORK,
                 MAP_ANONYMOUS, MAP_DROPPABLE, MAP_FIXED, MAP_PRIVATE, MCL_CURRENT, MCL_FUTURE,
                 MM, PAGE_SIZE, PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE, VM_LOCKED,
                 PhysMem)
 
+# A 3.5-page file: mappings of it run past its end (SIGBUS pages) and share its
+# page cache across every mm.
+FILE = BytesFile("/lib/walk.bin", bytes((i * 13 + 1) % 256 for i in range(3 * PAGE_SIZE + 2048)))
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
 DROP = MAP_DROPPABLE | MAP_ANONYMOUS
@@ -101,8 +104,12 @@ def check_books(phys, mms):
     for f, maps in frames.items():
         assert f.rmap == maps and f.charged
         assert len(f.data) == PAGE_SIZE
-    assert phys.charged == len(frames)
-    assert set(phys.lru_anon) | set(phys.lru_drop) == set(frames)
+    cached = set(phys.page_cache.values())
+    for key, f in phys.page_cache.items():
+        assert f.cached and f.mapping == key and f.charged and not f.exclusive
+        assert bytes(f.data) == FILE.read(key[1] * PAGE_SIZE, PAGE_SIZE).ljust(PAGE_SIZE, b"\0")
+    assert phys.charged == len(set(frames) | cached)
+    assert set(phys.lru_anon) | set(phys.lru_drop) | set(phys.lru_file) == set(frames) | cached
     for sid, s in phys.swap.slots.items():
         assert s.refs == slot_refs.get(sid, 0)
     assert phys.swap.used == len(slot_refs)
@@ -142,8 +149,15 @@ def test_random_walk_changes_exhaustive_and_books_balance(seed):
         page = BASE + rnd.randrange(48) * PAGE_SIZE
         n = rnd.randint(1, 6) * PAGE_SIZE
         if op == 0:
-            mm.mmap(page, n, rnd.choice([RW, PROT_READ, RW | PROT_EXEC, PROT_NONE]),
-                    rnd.choice([ANON, DROP]) | MAP_FIXED)
+            kind = rnd.choice([ANON, DROP, ANON, DROP, MAP_PRIVATE, MAP_SHARED])
+            prot = rnd.choice([RW, PROT_READ, RW | PROT_EXEC, PROT_NONE])
+            if kind in (MAP_PRIVATE, MAP_SHARED):
+                if kind == MAP_SHARED:
+                    prot &= ~PROT_WRITE
+                mm.mmap(page, n, prot, kind | MAP_FIXED, 3, rnd.randrange(4) * PAGE_SIZE,
+                        file=FILE)
+            else:
+                mm.mmap(page, n, prot, kind | MAP_FIXED)
         elif op == 1:
             mm.munmap(page, n)
         elif op == 2:

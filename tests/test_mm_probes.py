@@ -6,7 +6,8 @@ agree.
 The probes cover what issue 14 found mm getting wrong (soft-dirty, mlock and
 populate order under MCL_FUTURE, RLIMIT_MEMLOCK for the unprivileged, KSM advice,
 MADV_POPULATE errnos, guard regions, mremap) plus the droppable basics and
-file-backed private mappings.
+file-backed mappings of test files written here (fsync'ed, so their page-cache
+pages are clean and smaps' Clean/Dirty split does not depend on writeback).
 
     python tests/test_mm_probes.py          # the table: native vs mm, per line
     python tests/test_mm_probes.py --diff   # only the lines that differ
@@ -416,6 +417,105 @@ mremap A A {P} {2*P} 3 0
 read A
 """)
 
+probe("file_private", "priv", f"""
+mapf A {b(0)} {3*P} 1 {PRIV} @F5000 0
+read A
+read A+4999
+read A+5000
+read A+{2*P - 1}
+read A+{2*P}
+write A 1
+smaps A Rss
+smaps A Anonymous
+vma A
+vmflags A
+maps A
+mprotect A {2*P} 3
+vmflags A
+write A 9
+read A
+read A+1
+smaps A Rss
+smaps A Anonymous
+smaps A Private_Dirty
+smaps A Private_Clean
+madvise A {2*P} 4
+read A
+smaps A Anonymous
+write A+{P} 4
+fork
+  read A+{P}
+  write A+{P} 6
+  read A+{P}
+  read A+{P + 1}
+  write A 7
+  read A
+endfork
+read A+{P}
+read A
+madvise A {P} 8
+madvise A {P} 18
+madvise A+{P} {2*P} 22
+madvise A {P} 102
+read A
+madvise A {P} 103
+read A
+""")
+
+probe("file_mmap_rules", "priv", f"""
+mapf W {b(0)} {2*P} 3 {PRIV} @F5000 0
+vmflags W
+write W 5
+read W
+read W+1
+mapf S {b(0x100000)} {2*P} 1 {SHARED} @F5000 0
+vma S
+vmflags S
+read S+4999
+mprotect S {P} 3
+mremap N S 0 {2*P} 1
+read N+4999
+vma N
+maps N
+mremap N2 S+{P} 0 {P} 3 {b(0xb00000)}
+read N2
+vma S
+mremap N3 S 0 {P} 0
+mapf T {b(0x200000)} {2*P} 3 {SHARED} @F5000 0
+mapf V {b(0x200000)} {P} 1 {0x03 | 0x80000 | FNR} @F5000 0
+mapf V {b(0x200000)} {P} 1 {0x03 | FNR} @F5000 0
+vmflags V
+mapf E {b(0x300000)} {P} 5 {PRIV} @FEXEC 0
+vmflags E
+maps E
+read E
+mapf O {b(0x400000)} {P} 1 {PRIV} @F5000 4097
+mapf O {b(0x400000)} {P} 1 {PRIV} @F5000 {16*P}
+read O
+maps O
+mapf D {b(0x500000)} {P} 3 {0x08 | FNR} @F5000 0
+mapf G {b(0x600000)} {P} 3 {PRIV | GROWSDOWN} @F5000 0
+mapf H {b(0x600000)} {P} 1 {PRIV | HUGETLB} @F5000 0
+mapf P {b(0x700000)} {2*P} 1 {PRIV | POPULATE} @F8192 0
+smaps P Rss
+mapf Q {b(0x800000)} {2*P} 3 {PRIV | POPULATE} @F8192 0
+smaps Q Rss
+smaps Q Anonymous
+map M {b(0x900000)} {4*P} 3 {ANON}
+write M 1
+mapf M2 {b(0x901000)} {2*P} 1 {0x02 | 0x10} @F8192 {P}
+read {b(0x900000)}
+read {b(0x901000)}
+read {b(0x903000)}
+vma {b(0x901000)}
+maps {b(0x902000)}
+mremap M2 M2 {2*P} {4*P} 1
+read M2+{P}
+read M2+{2*P}
+maps M2+{P}
+mapf Z {b(0xa00000)} 0 1 {PRIV} @F5000 0
+""")
+
 probe("droppable_basics", "priv", f"""
 map D 0 {P} 3 {0x28}
 map X {b(0)} {P} 3 {DROP | LOCKED}
@@ -456,11 +556,37 @@ vmflags D
 """)
 
 
-def script_text(names=None) -> str:
+# Files the file-mapping probes map (@NAME in a script): size, mode. Contents are
+# never zero, so a zero byte read back is a zero-filled tail or a fresh page.
+FILES = {"F5000": (5000, 0o644), "F8192": (8192, 0o644), "FEXEC": (4096, 0o755)}
+
+
+def file_bytes(size: int) -> bytes:
+    return bytes((i * 7 + 3) % 251 + 1 for i in range(size))
+
+
+def make_files(directory: Path) -> dict[str, Path]:
+    paths = {}
+    for name, (size, mode) in FILES.items():
+        p = directory / name
+        with open(p, "wb") as f:
+            f.write(file_bytes(size))
+            f.flush()
+            os.fsync(f.fileno())       # clean page cache: smaps' Clean/Dirty split is stable
+        p.chmod(mode)
+        paths[name] = p
+    return paths
+
+
+def script_text(names=None, files: dict[str, Path] | None = None) -> str:
     out = []
     for name, (mode, body) in PROBES.items():
         if names is not None and name not in names:
             continue
+        if "@" in body and files is None:
+            continue
+        for fname, path in (files or {}).items():
+            body = body.replace(f"@{fname}", str(path))
         out.append(f"probe {name} {mode}")
         out.extend(ln for ln in body.strip().splitlines())
         out.append("end")
@@ -518,6 +644,8 @@ class MMInterpreter:
             if "-" in head and ":" not in head:
                 s, e = (int(x, 16) for x in head.split("-"))
                 cur = (s, e, ln.split()[1], {}) if s <= addr < e else None
+                if cur is not None:
+                    cur[3]["_header_rest"] = " ".join(ln.split()[2:])
                 found = found or cur
                 continue
             if cur is not None:
@@ -635,7 +763,7 @@ class MMInterpreter:
             return self.touch(mm, e(t[1]), False)
         if k == "write":
             return self.touch(mm, e(t[1]), True, e(t[2]))
-        if k in ("smaps", "vmflags", "vma"):
+        if k in ("smaps", "vmflags", "vma", "maps"):
             a = e(t[1])
             blk = self._smaps_block(mm, a)
             if blk is None:
@@ -645,6 +773,8 @@ class MMInterpreter:
                 return fields.get(t[2], "nofield")
             if k == "vmflags":
                 return fields.get("VmFlags", "nofield")
+            if k == "maps":
+                return fields["_header_rest"]
             return f"-{_cfmt_hex(a - s)} +{_cfmt_hex(end - a)} {perms}"
         if k == "vmlck":
             return str(mm.locked_vm * (P // 1024))
@@ -690,20 +820,25 @@ def _needs_host():
 
 
 @pytest.fixture(scope="module")
-def native_lines(tmp_path_factory):
+def probe_files(tmp_path_factory):
+    return make_files(tmp_path_factory.mktemp("mm_probe_files"))
+
+
+@pytest.fixture(scope="module")
+def native_lines(tmp_path_factory, probe_files):
     _needs_host()
     exe = build_native(tmp_path_factory.mktemp("mm_probe"))
-    return run_native(exe, script_text())
+    return run_native(exe, script_text(files=probe_files))
 
 
 @pytest.mark.parametrize("name", list(PROBES))
-def test_probe_matches_kernel(name, native_lines):
+def test_probe_matches_kernel(name, native_lines, probe_files):
     mode = PROBES[name][0]
     if mode == "priv" and os.geteuid() != 0:
         pytest.skip("privileged probes need root (CAP_IPC_LOCK) on the host")
     native = [ln for ln in native_lines if ln.split(".", 1)[0].split("/", 1)[0] == name]
     assert native, f"the native interpreter printed nothing for {name}"
-    emulated = run_mm(script_text({name}))
+    emulated = run_mm(script_text({name}, files=probe_files))
     diff = [(k, a, b) for k, a, b in compare(native, emulated) if a != b]
     assert not diff, "\n".join(f"{k}: kernel {a!r}, mm {b!r}" for k, a, b in diff)
 
@@ -716,8 +851,9 @@ def main(argv: list[str]) -> int:
         except pytest.skip.Exception as e:
             print(e)
             return 1
-        native = run_native(exe, script_text())
-    rows = compare(native, run_mm(script_text()))
+        files = make_files(Path(d))
+        native = run_native(exe, script_text(files=files))
+        rows = compare(native, run_mm(script_text(files=files)))
     same = sum(a == b for _, a, b in rows)
     for k, a, b in rows:
         if "--diff" in argv and a == b:
