@@ -19,6 +19,7 @@ Script format (one operation per line, `#` starts a comment):
     smaps ADDR FIELD                 the field (kB) of the VMA containing ADDR
     vmflags ADDR                     its VmFlags
     vma ADDR                         its bounds relative to ADDR, and its perms
+    maps ADDR                        the rest of its header: offset dev inode [path]
     vmlck                            VmLck of the process (kB)
     fork ... endfork                 run the enclosed operations in a child, whose
                                      lines are numbered on as PROBE/c.N
@@ -116,15 +117,29 @@ static int read_proc(const char *path) {
     return n;
 }
 
+static char header_rest[1024];      /* offset dev inode [path] of the last block found */
+
 /* Find the smaps block of the VMA containing addr; returns its start in procbuf. */
 static char *smaps_block(unsigned long addr, unsigned long *s, unsigned long *e, char *perms) {
     if (read_proc("/proc/self/smaps") < 0) return NULL;
     char *p = procbuf;
     while (*p) {
         char *nl = strchr(p, '\n');
-        unsigned long a, b; char pr[8];
-        if (sscanf(p, "%lx-%lx %4s", &a, &b, pr) == 3 && strchr(p, '-') < p + 17 && p[0] != 'V') {
-            if (a <= addr && addr < b) { *s = a; *e = b; strcpy(perms, pr); return nl ? nl + 1 : p; }
+        unsigned long a, b; char pr[8], off[32], dev[32], ino[32];
+        int used = 0;
+        if (sscanf(p, "%lx-%lx %4s %31s %31s %31s %n", &a, &b, pr, off, dev, ino, &used) >= 6
+                && strchr(p, '-') < p + 17 && p[0] != 'V') {
+            if (a <= addr && addr < b) {
+                *s = a; *e = b; strcpy(perms, pr);
+                if (nl && p + used > nl) used = (int)(nl - p);   /* no path: stop at the line's end */
+                size_t n = nl ? (size_t)(nl - (p + used)) : strlen(p + used);
+                char path[900];
+                if (n > sizeof path - 1) n = sizeof path - 1;
+                memcpy(path, p + used, n); path[n] = 0;
+                snprintf(header_rest, sizeof header_rest, "%s %s %s%s%s", off, dev, ino,
+                         n ? " " : "", path);
+                return nl ? nl + 1 : p;
+            }
         }
         if (!nl) break;
         p = nl + 1;
@@ -211,6 +226,7 @@ static int run_op(int i) {
         {"map", 2, 5}, {"mapf", 2, 5}, {"munmap", 1, 2}, {"mprotect", 1, 3}, {"madvise", 1, 3},
         {"mremap", 2, 6}, {"mlock", 1, 2}, {"munlock", 1, 2}, {"mlock2", 1, 3}, {"mlockall", 1, 1},
         {"read", 1, 1}, {"write", 1, 2}, {"smaps", 1, 1}, {"vmflags", 1, 1}, {"vma", 1, 1},
+        {"maps", 1, 1},
     };
     noreg = 0;
     for (size_t o = 0; o < sizeof operands / sizeof operands[0]; o++)
@@ -257,12 +273,13 @@ static int run_op(int i) {
     } else if (!strcmp(t[0], "write") && n == 3) {
         out("%s\n", access_mem(eval(t[1]), 1, (int)eval(t[2])));
     } else if ((!strcmp(t[0], "smaps") && n == 3) || (!strcmp(t[0], "vmflags") && n == 2)
-               || (!strcmp(t[0], "vma") && n == 2)) {
+               || (!strcmp(t[0], "vma") && n == 2) || (!strcmp(t[0], "maps") && n == 2)) {
         unsigned long s, e, a = eval(t[1]); char perms[8];
         char *blk = smaps_block(a, &s, &e, perms);
         if (!blk) out("novma\n");
         else if (t[0][0] == 's') out("%s\n", field_in_block(blk, t[2]));
         else if (!strcmp(t[0], "vmflags")) out("%s\n", field_in_block(blk, "VmFlags"));
+        else if (!strcmp(t[0], "maps")) out("%s\n", header_rest);
         else out("-%#lx +%#lx %s\n", a - s, e - a, perms);
     } else if (!strcmp(t[0], "vmlck") && n == 1) {
         if (read_proc("/proc/self/status") < 0) { out("noproc\n"); return i; }
