@@ -6,6 +6,9 @@ vDSO sizes, the getrandom syscall and the fault kinds, with the shipped
 default profile (zen4) and with the fresh calibration, and checks issue 7's
 targets.  Same as `faultpath bench --calibrate --profile zen4`.
 
+Then part 3, bench/validate.py: the same model on code it was not tuned on
+(the validation set, its held-out part apart).
+
 bench/run.py imports this as `bench.cycles` and calls main(); it also runs on
 its own: `python bench/cycles.py [--quick]`.
 """
@@ -27,12 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", default="auto", choices=["auto", "host", "builtin"])
     a = ap.parse_args([] if argv is None and __name__ != "__main__" else argv)
     print("== cycle accuracy: faultpath bench --calibrate --profile zen4 (TSC ticks per call) ==")
-    ns = argparse.Namespace(profile=["zen4"], calibrate=True, image=a.image, quick=a.quick, json=False)
+    ns = argparse.Namespace(profile=["zen4"], calibrate=True, image=a.image, quick=a.quick, json=False,
+                            validate=False)
     try:
-        return cmd_bench(ns)
+        rc = cmd_bench(ns)
     except FaultpathError as e:
         print(f"cycle bench: {e}", file=sys.stderr)
-        return 2
+        rc = 2
+    from bench import validate
+    print()
+    return max(rc, validate.main(["--quick"] if a.quick else []))
 
 
 if __name__ == "__main__":

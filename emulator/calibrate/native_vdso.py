@@ -61,22 +61,47 @@ def host_native_vdso() -> NativeVdso | None:
     return NativeVdso("host", base + img.symbols["__vdso_getrandom"], _chacha_from_calls(img, base))
 
 
+@dataclass
+class NativeImage:
+    """A VdsoImage mapped natively in this process, with a vvar area of our own
+    below its text holding a vdso_rng_data (generation 1, ready)."""
+    image: object                   # the VdsoImage
+    base: int                       # where its text lies here
+    mapping: Mapping
+
+    def symbol(self, name: str) -> int:
+        return self.image.symbol(name) - self.image.base + self.base
+
+    def close(self) -> None:
+        self.mapping.close()
+
+
+def map_image(img, at_base: bool = False) -> NativeImage:
+    """Map img's text read+execute with its vvar area (read-only) below it: at
+    img.base (keystone images are assembled for it) or wherever the kernel puts
+    it (position-independent ELF images).  The page offsets, and with them the
+    code's alignment, are the emulator's."""
+    below = img.base - img.vvar_start
+    flags = MAP_PRIVATE | MAP_ANONYMOUS | (MAP_FIXED_NOREPLACE if at_base else 0)
+    m = Mapping(below + img.size, PROT_READ | PROT_WRITE, flags, addr=img.vvar_start if at_base else 0,
+                nohuge=False)
+    base = m.addr + below
+    rng = base + img.rng_data_offset
+    ctypes.memmove(rng, (ctypes.c_char * 9).from_buffer_copy((1).to_bytes(8, "little") + b"\x01"), 9)
+    ctypes.memmove(base, img.text, len(img.text))
+    if m.libc.mprotect(base, img.size, PROT_READ | PROT_EXEC) != 0 or \
+            m.libc.mprotect(m.addr, below, PROT_READ) != 0:
+        m.close()
+        raise FaultpathError(f"native: mprotect of the native image {img.name} failed")
+    return NativeImage(img, base, m)
+
+
 def builtin_native_vdso() -> NativeVdso:
     """Our own image mapped natively at VDSO_BASE with a vvar area below it."""
     from vdso.asm_build import build_image
     img = build_image("builtin")
-    vv = img.vvar_start
-    length = img.base - vv + img.size
-    m = Mapping(length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-                addr=vv, nohuge=False)
-    ctypes.memmove(img.rng_data_addr, (ctypes.c_char * 9).from_buffer_copy(
-        (1).to_bytes(8, "little") + b"\x01"), 9)
-    ctypes.memmove(img.base, img.text, len(img.text))
-    if m.libc.mprotect(img.base, img.size, PROT_READ | PROT_EXEC) != 0 or \
-            m.libc.mprotect(vv, img.base - vv, PROT_READ) != 0:
-        m.close()
-        raise FaultpathError("calibrate: mprotect of the native builtin image failed")
-    return NativeVdso("builtin", img.symbol("__vdso_getrandom"), _chacha_from_calls(img, img.base), [m],
+    n = map_image(img, at_base=True)
+    return NativeVdso("builtin", n.symbol("__vdso_getrandom"), _chacha_from_calls(img, n.base), [n.mapping],
                       "builtin image run natively at VDSO_BASE with our own vvar page")
 
 

@@ -1,5 +1,7 @@
 """`faultpath bench`: predicted cycles (the emulator with a profile) against
 measured cycles (native rdtsc loops on this machine, calibrate's code).
+`--validate` runs the validation set instead (emulator/calibrate/validation/):
+code nobody tuned the model on, with its held-out part printed apart.
 
 Rows: __vdso_getrandom at each size, the getrandom syscall, each anonymous
 fault kind, and the ChaCha20 block (per 64-byte block, the vDSO's loop alone;
@@ -42,6 +44,9 @@ def register(sub, parser_class) -> None:
                    help="vDSO to run natively and emulated (auto: the host's, else the builtin)")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (for tests)")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--validate", action="store_true",
+                   help="the validation set instead: C bodies built with gcc at -O0/-O2/-O3 (scalar and SSE2) "
+                        "and assembly kernels, each measured natively and predicted; the held-out part apart")
     p.set_defaults(func=cmd_bench)
     if "calibrate" not in sub.choices:       # until cli.py lists emulator.cli.calibrate itself
         from emulator.cli import calibrate as cmd_calibrate
@@ -164,7 +169,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from emulator.calibrate.measure import check_measurements, measure_all
     from emulator.calibrate.output import dump_toml, write_atomic
     from emulator.cycles.profile import load_profile
-    log = (lambda s: print(f"  measuring {s} ...", file=sys.stderr)) if not args.json else None
+    log = (lambda s: print(f"  {s} ...", file=sys.stderr)) if not args.json else None
     profiles = list(args.profile or default_profiles())
     for prof in profiles:
         load_profile(prof)                  # a bad name fails before anything is measured
@@ -181,23 +186,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_atomic(tmp, dump_toml(sec, "", com))
         profiles.append(tmp)
     try:
+        if args.validate:
+            return _validate(args, [load_profile(p) for p in profiles], log)
         meas = measure_all(quick=args.quick, image=args.image, log=log)
         results = run_bench(profiles, meas, quick=args.quick, image=args.image)
     finally:
         if tmp:
             os.unlink(tmp)
     if args.json:
-        print(json.dumps({"measured_on": {k: meas.get(k) for k in ("host", "kernel", "vdso_image", "tsc_mhz",
-                                                                     "tsc_per_core_cycle")},
-                          "profiles": [{"profile": r.profile, "summary": r.summary(),
-                                        "rows": [{"name": x.name, "group": x.group, "predicted": x.predicted,
-                                                  "measured": x.measured, "error_pct": x.error,
-                                                  "llvm_mca": x.peer} for x in r.rows]} for r in results]},
-                         indent=1))
+        print(json_text({"measured_on": {k: meas.get(k) for k in ("host", "kernel", "vdso_image", "tsc_mhz",
+                                                                    "tsc_per_core_cycle")},
+                         "profiles": [{"profile": r.profile, "summary": r.summary(),
+                                       "rows": [{"name": x.name, "group": x.group, "predicted": x.predicted,
+                                                 "measured": x.measured, "error_pct": x.error,
+                                                 "llvm_mca": x.peer} for x in r.rows]} for r in results]}))
     else:
         print(format_results(results, meas))
         print(format_targets(results))
     return 0
+
+
+def _validate(args: argparse.Namespace, profiles, log) -> int:
+    from emulator.calibrate.validation.report import as_json, format_text
+    from emulator.calibrate.validation.run import validate
+    v = validate(profiles, quick=args.quick, log=log)
+    print(json_text(as_json(v)) if args.json else format_text(v))
+    return 0
+
+
+def _finite(x):
+    """The value with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    import math
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def json_text(obj) -> str:
+    return json.dumps(_finite(obj), indent=1, allow_nan=False)
 
 
 # Issue 7's targets (a benchmark, not a unit test).
