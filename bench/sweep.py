@@ -20,7 +20,8 @@ TARGET_S = 60.0
 
 
 def bench_sweep(image_name: str, sizes: list[int], jobs: int, policy: str = "skip") -> dict:
-    from emulator.sweep.runner import EVENTS_ALL, PLACEMENTS, make_configs, sweep
+    from emulator.sweep.config import EVENTS_ALL, PLACEMENTS, make_configs
+    from emulator.sweep.coordinator import sweep
     from vdso.loader import load_image
     image = load_image(image_name)
     cfgs = make_configs(sizes, list(PLACEMENTS), [1], policy)

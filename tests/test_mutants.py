@@ -10,7 +10,8 @@ import pytest
 from emulator.cli.main import main as cli_main
 from emulator.cli.sweep import mutant_files, mutant_header
 from emulator.sweep.oracle import INVARIANTS
-from emulator.sweep.runner import EVENTS_ALL, make_configs, sweep
+from emulator.sweep.config import EVENTS_ALL, make_configs
+from emulator.sweep.coordinator import sweep
 from vdso.asm_build import build_image
 from vdso.loader import load_image
 

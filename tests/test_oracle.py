@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from emulator.sweep.oracle import (EFAULT, CallObs, Judge, StreamCache, _nonzero_runs, common_prefix,
-                             keystream_blocks, memory_diff)
+from emulator.sweep.keystream import StreamCache, keystream_blocks
+from emulator.sweep.ledger import common_prefix
+from emulator.sweep.oracle import EFAULT, CallObs, Judge, _nonzero_runs, memory_diff
 from emulator.records import SyscallRecord
 from vdso.abi import STATE_KEY, STATE_SIZE
 from vdso.chacha20 import chacha20_blocks

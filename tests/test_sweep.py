@@ -7,6 +7,7 @@ Longer sweeps are marked slow."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -15,10 +16,12 @@ import sys
 
 import pytest
 
-from emulator.sweep import runner as sweep_mod
 from emulator.cli.main import main as cli_main
 from emulator.records import Injection
-from emulator.sweep.runner import (EVENTS_ALL, Harness, SweepConfig, _Snap, make_configs, repro_command, sweep)
+from emulator.sweep.config import EVENTS_ALL, SweepConfig, make_configs
+from emulator.sweep.coordinator import sweep
+from emulator.sweep.harness import CallSnapshot, Harness
+from emulator.sweep.report import repro_command
 from vdso.asm_build import ASM_DIR, build_image
 from vdso.loader import load_image
 
@@ -102,7 +105,7 @@ def test_snapshot_fork_child_equals_a_machine_fork_child():
     for i in (0, 20, 60, 100, h.n - 5):
         c = h.S0.restore(h.m)
         h.m.run(c, stop_at=i)
-        snap = _Snap(h.m, c)
+        snap = CallSnapshot(h.m, c)
         rec = h.one_run(snap, i, "fork", c.rip, 0)
         assert rec.outcome.startswith("ok"), rec
         obs = {o.label: o for o in h.last_observations}
@@ -245,8 +248,7 @@ def test_repro_command_shapes():
     assert "--prefault" not in repro_command("builtin", SweepConfig(4, calls_before=0), "drop", 7, 70)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(sweep_mod.__file__), "cmd_step.py")),
-                    reason="faultpath step is not there yet")
+@pytest.mark.skipif(importlib.util.find_spec("emulator.cli.step") is None, reason="faultpath step is not there")
 def test_the_reproduction_runs_under_faultpath_step(tmp_path, capsys):
     res = _sweep(load_image(MUTANT), placements=["start"], events=["drop"], jobs=2)
     r = next(r for r in res.violations if r.violations[0]["invariant"] == "Provenance"

@@ -67,7 +67,7 @@ def _ints(values, what: str) -> list[int]:
 
 def _options(args: argparse.Namespace, mutants: bool) -> dict:
     from emulator.cli.main import _sizes
-    from emulator.sweep.runner import SWEEP_LIVELOCK, make_configs, parse_events
+    from emulator.sweep.config import SWEEP_LIVELOCK, make_configs, parse_events
     if args.inject:
         raise UsageError("sweep: --inject is not used (the sweep injects --events at every boundary)")
     if args.calls is not None:
@@ -117,7 +117,7 @@ def _write_json(path: str, obj: dict) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     if args.mutants:
         return cmd_mutants(args)
-    from emulator.sweep.runner import sweep
+    from emulator.sweep.coordinator import sweep
     from vdso.loader import default_image_name, load_image
     opts = _options(args, mutants=False)
     spec = args.image or default_image_name()
@@ -155,7 +155,7 @@ def mutant_header(path: str) -> dict:
 
 
 def run_mutants(args: argparse.Namespace, files: list[str] | None = None) -> list[dict]:
-    from emulator.sweep.runner import sweep
+    from emulator.sweep.coordinator import sweep
     from vdso.loader import load_image
     opts = _options(args, mutants=True)
     out = []

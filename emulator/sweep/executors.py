@@ -15,14 +15,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
-import sys
 import time
 import traceback
 from collections import deque
 from multiprocessing.connection import wait
 
 from emulator.errors import FaultpathError, UsageError
-from emulator.sweep.runner import RunRecord, Task, crash_record, execute_task
+from emulator.sweep.records import RunRecord, SweepTask, crash_record
+from emulator.sweep.worker import execute_task
 
 FLUSH_EVERY = 0.2        # seconds between record batches from a worker
 FLUSH_COUNT = 128
@@ -98,7 +98,7 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, self.cur), daemon=True)
         self.proc.start()
         child.close()
-        self.task: Task | None = None
+        self.task: SweepTask | None = None
         self.got: set = set()
 
 
@@ -164,7 +164,7 @@ class LocalExecutor:
             yield from self._crashed(task, w, why, queue)
         self._ensure(min(self.jobs, len(self.workers) + 1))
 
-    def _crashed(self, task: Task, w: _Worker, why: str, queue: deque):
+    def _crashed(self, task: SweepTask, w: _Worker, why: str, queue: deque):
         if task.kind == "baseline":
             yield task, crash_record(task, 0, "", why)
             return
@@ -180,9 +180,9 @@ class LocalExecutor:
         yield task, crash_record(task, bad[0], bad[1], why)
         left = [r for r in rest if r != bad]
         if left:
-            queue.appendleft(Task(task.task_id, task.image, task.config, task.ci, task.kind, min(i for i, _ in left),
-                                  task.stop, task.events, task.n,
-                                  frozenset(set(task.skip) | w.got | {bad})))
+            queue.appendleft(SweepTask(task.task_id, task.image, task.config, task.ci, task.kind,
+                                       min(i for i, _ in left), task.stop, task.events, task.n,
+                                       frozenset(set(task.skip) | w.got | {bad})))
 
     def close(self) -> None:
         for w in self.workers:
@@ -235,7 +235,7 @@ class DaskExecutor:
                 runs = t.runs() if t.kind != "baseline" else [(0, "")]
                 if len(runs) > 1:
                     for i, ev in runs:
-                        one = Task(t.task_id, t.image, t.config, t.ci, t.kind, i, i + 1, (ev,), t.n)
+                        one = SweepTask(t.task_id, t.image, t.config, t.ci, t.kind, i, i + 1, (ev,), t.n)
                         nf = self.client.submit(execute_task, one, pure=False)
                         pending[nf.key] = one
                         ac.add(nf)
@@ -250,7 +250,7 @@ class DaskExecutor:
             for rec in recs:
                 yield t, rec
 
-    def _confirm(self, t: Task, why: str):
+    def _confirm(self, t: SweepTask, why: str):
         local = LocalExecutor(1)
         try:
             got = False
@@ -271,43 +271,6 @@ class DaskExecutor:
 
 
 # --------------------------------------------------------------------------
-
-class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int, enabled: bool | None = None, width: int = 30):
-        self.total = max(1, total)
-        self.done = 0
-        self.bad = 0
-        self.width = width
-        self.t0 = time.monotonic()
-        self.last = 0.0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.drawn = False
-
-    def update(self, n: int = 1, violation: bool = False) -> None:
-        self.done += n
-        self.bad += int(violation)
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < 0.1 and self.done < self.total:
-            return
-        self.last = now
-        frac = min(1.0, self.done / self.total)
-        el = now - self.t0
-        eta = el / frac - el if frac > 0 else 0
-        bar = "#" * int(frac * self.width) + "-" * (self.width - int(frac * self.width))
-        sys.stderr.write(f"\rsweep [{bar}] {frac * 100:5.1f}% {self.done}/{self.total} runs, "
-                         f"{self.bad} violation(s), {el:5.1f} s, ETA {eta:5.1f} s ")
-        sys.stderr.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.enabled and self.drawn:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
 
 def cpu_count() -> int:
     try:

@@ -1,0 +1,95 @@
+"""What a sweep varies: the configurations (one process set-up each), the
+events injected at every boundary, and where the state sits in its page.
+
+A *configuration* is one process set-up: image, request size, where the state
+sits in its page (start, end, straddling two pages), how many calls warmed it
+(--calls-before) and the OOM design.  The events:
+
+  drop       reclaim drops every droppable page (the state reads as zeros)
+  oom        memory pressure: the droppable pages are dropped *and* every
+             later allocation fails (without the drop the warm state page is
+             present and no allocation would ever be attempted)
+  oom:K      the same, but only the next K allocation attempts fail
+  fork       a fork from a signal handler: the child (its state wiped by
+             VM_WIPEONFORK) resumes mid-call; parent and child each finish the
+             call and make further calls
+  reenter    a signal handler calls getrandom with the same state
+  reseed     the kernel's generation moves (crng reseed)
+  not-ready  vdso_rng_data.is_ready is cleared
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emulator.errors import UsageError
+from vdso.abi import STATE_SIZE
+from vdso.image import PAGE_SIZE
+
+EVENTS_ALL = ("drop", "oom", "oom:2", "fork", "reenter", "reseed", "not-ready")
+EVENT_KINDS = ("drop", "oom", "oom:K", "fork", "reenter", "reseed", "not-ready")
+PLACEMENTS = {"start": 0, "end": PAGE_SIZE - STATE_SIZE, "straddle": PAGE_SIZE - STATE_SIZE // 2}
+SWEEP_LIVELOCK = 16       # refaults without progress before a spin is a livelock (persistent OOM
+                          # never progresses; a transient oom:K needs K < this)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    size: int
+    placement: str = "start"
+    calls_before: int = 1
+    droppable_oom: str = "skip"
+    seed: int = 0
+    memory_pages: int = 4096
+    swap_pages: int = 0
+    flags: int = 0
+    after: int = 1
+    livelock_limit: int = SWEEP_LIVELOCK
+
+    @property
+    def straddles(self) -> bool:
+        off = PLACEMENTS[self.placement]
+        return off + STATE_SIZE > PAGE_SIZE
+
+    def label(self) -> str:
+        return f"size {self.size}, state at {self.placement}, {self.calls_before} call(s) before"
+
+
+def make_configs(sizes: list[int], placements: list[str], calls_before: list[int], policy: str, *, seed: int = 0,
+                 memory_pages: int = 4096, swap_pages: int = 0, flags: int = 0, after: int = 1,
+                 livelock_limit: int = SWEEP_LIVELOCK) -> list[SweepConfig]:
+    for p in placements:
+        if p not in PLACEMENTS:
+            raise UsageError(f"--placements {p!r}: one of {', '.join(PLACEMENTS)}")
+    return [SweepConfig(size, p, cb, policy, seed, memory_pages, swap_pages, flags, after, livelock_limit)
+            for size in sizes for cb in calls_before for p in placements]
+
+
+def parse_events(spec: str, livelock_limit: int) -> list[str]:
+    """--events: a comma list of events (oom:K checked against the livelock limit) or all."""
+    out: list[str] = []
+    for part in spec.split(","):
+        ev = part.strip()
+        if not ev:
+            continue
+        if ev == "all":
+            out.extend(e for e in EVENTS_ALL if e not in out)
+            continue
+        if ev.startswith("oom:"):
+            try:
+                k = int(ev[4:])
+            except ValueError:
+                raise UsageError(f"--events {ev!r}: K in oom:K must be a number") from None
+            if k < 1:
+                raise UsageError(f"--events {ev!r}: K must be positive")
+            if k >= livelock_limit:
+                raise UsageError(f"--events {ev!r}: K must stay below the livelock limit ({livelock_limit}; "
+                                 f"raise it with --livelock)")
+            ev = f"oom:{k}"
+        elif ev not in EVENT_KINDS:
+            raise UsageError(f"--events {ev!r}: unknown event (one of: {', '.join(EVENT_KINDS)}, all)")
+        if ev not in out:
+            out.append(ev)
+    if not out:
+        raise UsageError("--events: no events")
+    return out
+

@@ -1,0 +1,222 @@
+"""A sweep's result: the records, the report a user reads (text and JSON),
+and the one-line reproduction of any run."""
+from __future__ import annotations
+
+import shlex
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+
+from emulator.sweep.config import PLACEMENTS, SweepConfig
+from emulator.sweep.oracle import OUTCOMES
+from emulator.sweep.records import BaselineRecord, RunRecord
+from emulator.sweep.symbols import symbolize
+from vdso.image import VdsoImage
+
+
+@dataclass
+class SweepResult:
+    image: str
+    image_spec: str
+    configs: list[SweepConfig]
+    events: list[str]
+    baselines: dict[int, BaselineRecord] = field(default_factory=dict)
+    records: list[RunRecord] = field(default_factory=list)
+    elapsed: float = 0.0
+    jobs: int = 1
+    executor: str = "local"
+    image_obj: VdsoImage | None = None
+
+    @property
+    def runs(self) -> int:
+        return len(self.records)
+
+    def counts(self) -> dict[int, dict[str, Counter]]:
+        out: dict[int, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+        for ci, b in self.baselines.items():
+            out[self.configs[ci].size]["none"][b.outcome] += 1
+        for r in self.records:
+            out[self.configs[r.ci].size][r.event][r.outcome] += 1
+        return out
+
+    def outcome_totals(self) -> Counter:
+        c = Counter(r.outcome for r in self.records)
+        for b in self.baselines.values():
+            c[b.outcome] += 1
+        return c
+
+    @property
+    def violations(self) -> list[RunRecord]:
+        return [r for r in self.records if r.outcome in ("violation", "crash")]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations) or any(b.outcome in ("violation", "crash") or b.warm_violations
+                                            for b in self.baselines.values())
+
+    def kills(self) -> Counter:
+        """(invariant, event) -> runs, over all violations (for mutants)."""
+        c: Counter = Counter()
+        for b in self.baselines.values():
+            for v in b.violations + b.warm_violations:
+                c[(v["invariant"], "none")] += 1
+        for r in self.violations:
+            for inv in {v["invariant"] for v in r.violations}:
+                c[(inv, r.event)] += 1
+        return c
+
+    def repro(self, r: RunRecord) -> str:
+        cfg = self.configs[r.ci]
+        n = self.baselines[r.ci].n
+        return repro_command(self.image_spec, cfg, r.event, r.i, n)
+
+    def where(self, r: RunRecord) -> str:
+        if self.image_obj is None:
+            return f"{r.rip:#x}"
+        return symbolize(self.image_obj, r.rip)
+
+    # ---- output -------------------------------------------------------------------
+    def as_dict(self) -> dict:
+        counts = {str(size): {ev: dict(c) for ev, c in evs.items()} for size, evs in sorted(self.counts().items())}
+        return {
+            "image": self.image, "image_spec": self.image_spec, "events": self.events,
+            "elapsed_s": round(self.elapsed, 3), "jobs": self.jobs, "executor": self.executor,
+            "runs": self.runs, "outcomes": dict(self.outcome_totals()), "counts": counts,
+            "configs": [dict(asdict(cfg), n=self.baselines[ci].n if ci in self.baselines else None,
+                             baseline=self.baselines[ci].outcome if ci in self.baselines else None,
+                             baseline_violations=(self.baselines[ci].violations + self.baselines[ci].warm_violations)
+                             if ci in self.baselines else [])
+                        for ci, cfg in enumerate(self.configs)],
+            "violations": [self._viol_dict(r) for r in self.violations],
+            "livelocks": [{"where": w, "event": ev, "size": size, "runs": k}
+                          for (w, ev, size), k in sorted(self.livelock_sites().items())],
+            "failed": self.failed,
+        }
+
+    def _viol_dict(self, r: RunRecord) -> dict:
+        cfg = self.configs[r.ci]
+        return {"size": cfg.size, "placement": cfg.placement, "calls_before": cfg.calls_before,
+                "droppable_oom": cfg.droppable_oom, "boundary": r.i, "event": r.event, "rip": hex(r.rip),
+                "instruction": self.where(r), "outcome": r.outcome,
+                "invariants": sorted({v["invariant"] for v in r.violations}), "violations": r.violations,
+                "reproduce": self.repro(r)}
+
+    def livelock_sites(self) -> Counter:
+        c: Counter = Counter()
+        for r in self.records:
+            if r.outcome == "livelock":
+                c[(r.livelock, r.event, self.configs[r.ci].size)] += 1
+        return c
+
+    def format(self, max_groups: int = 30) -> str:
+        lines = []
+        cfg0 = self.configs[0] if self.configs else None
+        sizes = sorted({c.size for c in self.configs})
+        places = sorted({c.placement for c in self.configs}, key=list(PLACEMENTS).index)
+        cbs = sorted({c.calls_before for c in self.configs})
+        lines.append(f"faultpath sweep: image={self.image} droppable-oom={cfg0.droppable_oom if cfg0 else '?'} "
+                     f"events={','.join(self.events)}")
+        lines.append(f"  sizes {','.join(map(str, sizes))}; states at {','.join(places)}; "
+                     f"calls before {','.join(map(str, cbs))}; {cfg0.after if cfg0 else 0} further call(s)")
+        lines.append(f"  {len(self.configs)} configurations, {self.runs} runs in {self.elapsed:.1f} s "
+                     f"({self.executor}, {self.jobs} job(s))")
+        counts = self.counts()
+        cols = [o for o in OUTCOMES if o in ("ok-fast", "ok-reseed", "ok-fallback", "livelock", "violation")
+                or any(counts[s][e][o] for s in counts for e in counts[s])]
+        for size in sizes:
+            ns = ", ".join(f"{c.placement}/cb{c.calls_before}: n={self.baselines[ci].n}"
+                           for ci, c in enumerate(self.configs) if c.size == size and ci in self.baselines)
+            lines.append("")
+            lines.append(f"size {size} ({ns})")
+            lines.append("  " + f"{'event':<10}" + "".join(f"{c:>12}" for c in cols))
+            for ev in ["none"] + self.events:
+                cnt = counts[size].get(ev, Counter())
+                lines.append("  " + f"{ev:<10}" + "".join(f"{cnt[c]:>12}" for c in cols))
+        sites = self.livelock_sites()
+        if sites:
+            lines.append("")
+            lines.append("livelocks (expected under persistent OOM; neither pass nor violation):")
+            shown: Counter = Counter()
+            hidden: Counter = Counter()
+            for (w, ev, size), k in sorted(sites.items(), key=lambda kv: (kv[0][2], kv[0][1], -kv[1])):
+                if shown[(size, ev)] >= 5:
+                    hidden[(size, ev)] += k
+                    continue
+                shown[(size, ev)] += 1
+                lines.append(f"  size {size} {ev}: {k} run(s): {w}")
+            for (size, ev), k in sorted(hidden.items()):
+                lines.append(f"  size {size} {ev}: {k} more run(s) at other sites (see --json)")
+        for ci, b in sorted(self.baselines.items()):
+            if b.outcome in ("violation", "crash") or b.warm_violations:
+                cfg = self.configs[ci]
+                for v in b.warm_violations + b.violations:
+                    lines.append(f"BASELINE {cfg.label()}: [{v['invariant']}] {v['call']}: {v['detail']}")
+        viol = self.violations
+        lines.append("")
+        if not viol:
+            lines.append("violations: none")
+            return "\n".join(lines)
+        groups: dict[tuple, list[RunRecord]] = defaultdict(list)
+        for r in viol:
+            cfg = self.configs[r.ci]
+            first = r.violations[0]
+            groups[(cfg.size, cfg.placement, cfg.calls_before, r.event, first["invariant"],
+                    first["call"].split("[")[-1])].append(r)
+        lines.append(f"violations: {len(viol)} run(s) in {len(groups)} group(s)")
+        for gi, (key, rs) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[1][0].i))):
+            if gi >= max_groups:
+                lines.append(f"  ... {len(groups) - max_groups} more group(s) (see --json)")
+                break
+            r = rs[0]
+            cfg = self.configs[r.ci]
+            bs = sorted({x.i for x in rs})
+            more = f" (+{len(bs) - 1} more boundaries: {_ranges(bs)})" if len(bs) > 1 else ""
+            invs = ", ".join(sorted({v["invariant"] for v in r.violations}))
+            lines.append(f"  [{invs}] event={r.event} {cfg.label()}: boundary {r.i} at {self.where(r)}{more}")
+            for v in r.violations[:3]:
+                lines.append(f"      {v['call']}: [{v['invariant']}] {v['detail']}")
+            lines.append(f"      reproduce: {self.repro(r)}")
+        return "\n".join(lines)
+
+
+def _ranges(xs: list[int], limit: int = 6) -> str:
+    out = []
+    start = prev = xs[0]
+    for x in xs[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if x is not None:
+            start = prev = x
+    s = ",".join(out[:limit])
+    return s + (",..." if len(out) > limit else "")
+
+
+def repro_command(image_spec: str, cfg: SweepConfig, event: str, i: int, n: int, tool: str = "step") -> str:
+    """One line that replays run (boundary i, event) under `faultpath step`
+    (or `faultpath run` with tool="run")."""
+    K = cfg.calls_before + 1
+    call, at = (K, i) if i < n else (K + 1, 0)
+    kinds = ["drop", event] if event.startswith("oom") else [event]
+    parts = ["faultpath", tool, "--image", shlex.quote(image_spec), "--size", str(cfg.size), "--calls", str(call)]
+    if cfg.seed:
+        parts += ["--seed", str(cfg.seed)]
+    if cfg.memory_pages != 4096:
+        parts += ["--memory", str(cfg.memory_pages)]
+    if cfg.swap_pages:
+        parts += ["--swap", str(cfg.swap_pages)]
+    if cfg.droppable_oom != "skip":
+        parts += ["--droppable-oom", cfg.droppable_oom]
+    if cfg.flags:
+        parts += ["--flags", hex(cfg.flags)]
+    if event == "oom":
+        parts += ["--livelock", str(cfg.livelock_limit)]
+    if cfg.placement != "start":
+        parts += ["--state-offset", str(PLACEMENTS[cfg.placement])]
+    if cfg.calls_before == 0 and event.startswith("oom"):
+        parts += ["--prefault"]           # the sweep's caller buffer is resident; a cold one would be OOM-killed
+    for k in kinds:
+        parts += ["--inject", f"{k}@{call}:{at}"]
+    if tool == "step":
+        parts += ["-c", '"faultstop off; continue"']
+    return " ".join(parts)
