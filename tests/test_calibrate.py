@@ -130,3 +130,36 @@ def test_bench_bad_profile_is_one_line():
     r = _fp("bench", "--quick", "--profile", "no-such-profile")
     assert r.returncode == 2
     assert "no such profile" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_calibrate_refuses_a_bad_base_before_measuring(tmp_path):
+    out = tmp_path / "p.toml"
+    r = _fp("calibrate", "--quick", "--base", "bogus", "-o", str(out))
+    assert r.returncode == 2
+    assert "no such profile" in r.stderr and "Traceback" not in r.stderr
+    assert "measuring" not in r.stderr and not out.exists()      # refused before the first measurement
+
+
+def test_a_profile_name_with_quotes_and_newlines_round_trips(measured, tmp_path):
+    import tomllib
+
+    from emulator.calibrate.fit import fit_profile
+    from emulator.calibrate.output import dump_toml, write_atomic
+    from emulator.cycles.profile import load_profile
+    name = 'ev"il\nname\\ \x01 ok'
+    sec, com = fit_profile(measured, name=name)
+    text = dump_toml(sec, "header with a\nnewline", com)
+    assert tomllib.loads(text)["meta"]["name"] == name
+    out = tmp_path / "n.toml"
+    write_atomic(str(out), text)
+    assert load_profile(str(out)).name == name
+
+
+def test_non_finite_figures_never_reach_a_profile(measured):
+    from emulator.calibrate.fit import fit_profile
+    from emulator.calibrate.output import dump_toml, toml_value
+    meas = {**measured, "faults": {**measured["faults"], "cow_copy": float("nan")}}
+    sec, com = fit_profile(meas, name="t")
+    assert "nan" not in dump_toml(sec, "", com)
+    with pytest.raises(FaultpathError, match="non-finite"):
+        toml_value(float("inf"))

@@ -243,17 +243,70 @@ def test_a_variant_profile_overlays_its_base(tmp_path):
     assert load_profile(str(p)) is v                              # loaded once per file version
 
 
+BASE = '[meta]\nname = "bad"\nbase = "zen4"\n'
+
+
 @pytest.mark.parametrize("body, needle", [
-    ('[event]\nalloc = "x"\n', "not a number"),
-    ('[event]\nalloc = -1\n', "non-negative"),
-    ('[forms]\npaddd = { lat = 1, ports = "NOPE" }\n', "unknown port group"),
-    ('[meta\n', "profile"),
+    (BASE + '[event]\nalloc = "x"\n', r"\[event\] alloc = 'x': expected a finite number >= 0 and <= 1e\+09"),
+    (BASE + '[event]\nalloc = -1\n', r"\[event\] alloc = -1: expected a finite number"),
+    (BASE + '[event]\nfault_entry = 1e308\n', r"\[event\] fault_entry = 1e\+308: expected a finite number"),
+    (BASE + '[event]\nfault_entry = inf\n', r"\[event\] fault_entry = inf"),
+    (BASE + '[core]\ndispatch_width = 0\n', r"\[core\] dispatch_width = 0: expected a finite number >= 1"),
+    (BASE + '[core]\ndispatch_width = "six"\n', r"\[core\] dispatch_width = 'six': expected a finite number"),
+    (BASE + '[core]\nload_latency = nan\n', r"\[core\] load_latency = nan"),
+    (BASE + '[core]\nload_ports = "NOPE"\n', r"\[core\] load_ports = 'NOPE': expected the name of a \[ports\] group"),
+    (BASE + '[core]\ndispatch_widht = 4\n', r"\[core\] dispatch_widht = 4: expected one of the keys"),
+    (BASE + '[core]\nwindow_uops = 24\n', r"\[core\] window_uops is no longer used"),
+    (BASE + '[forms]\npaddd = { lat = 1, ports = "NOPE" }\n', r"\[forms\] paddd.ports = 'NOPE'"),
+    (BASE + '[forms]\npaddd = { lat = -2 }\n', r"\[forms\] paddd.lat = -2"),
+    (BASE + '[window]\nvec = { groups = ["VALU"], entries = -1 }\n', r"\[window\] vec.entries = -1"),
+    ('LD = 5\n' + BASE, r"LD = 5: expected a \[LD\] table"),
+    (BASE + 'LD = 5\n', r"\[meta\] LD = 5: expected one of the keys"),
+    (BASE + '[meta]\n', r"not valid TOML"),
+    ('[meta\n', r"not valid TOML"),
+    ('', r"no \[meta\] section \(an empty profile would make every cost 0\)"),
+    ('meta = 5\n', r"meta = 5: expected a \[meta\] table"),
+    ('[meta]\nname = "x"\ntsc_mhz = 2596\ntsc_per_core_cycle = 0.7\n', r"no \[core\] section"),
+    ('[meta]\nbase = "no-such-base"\n', r"no such profile"),
+    ('[meta]\nbase = 7\n', r"\[meta\] base = 7: expected the name or path of a profile"),
 ])
 def test_bad_profiles_are_one_line_usage_errors(tmp_path, body, needle):
     p = tmp_path / "bad.toml"
     p.write_text(body)
-    with pytest.raises(UsageError, match=needle):
+    with pytest.raises(UsageError, match=needle) as e:
         load_profile(str(p))
+    msg = str(e.value)
+    assert "\n" not in msg
+    if "no such profile" not in msg:
+        assert str(p) in msg                  # names the file
+
+
+def test_a_profile_must_be_a_small_regular_file(tmp_path):
+    with pytest.raises(UsageError, match="not a regular file"):
+        load_profile(str(tmp_path))
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as f:
+        f.truncate(3 << 30)                   # sparse: refused before anything is read
+    with pytest.raises(UsageError, match="bytes"):
+        load_profile(str(big))
+
+
+def test_a_variant_cannot_base_itself(tmp_path):
+    p = tmp_path / "loop.toml"
+    p.write_text(f'[meta]\nbase = "{p}"\n')
+    with pytest.raises(UsageError, match="base chain deeper"):
+        load_profile(str(p))
+
+
+def test_the_shipped_profile_passes_the_schema_and_a_bad_key_in_a_base_names_that_file(tmp_path):
+    assert load_profile("zen4").core["dispatch_width"] == 6
+    base = tmp_path / "b.toml"
+    base.write_text((PROFILE_TEXT := open(P.path).read()).replace("dispatch_width = 6", "dispatch_width = 0"))
+    top = tmp_path / "t.toml"
+    top.write_text(f'[meta]\nname = "t"\nbase = "{base}"\n')
+    with pytest.raises(UsageError, match=f"profile {base}: \\[core\\] dispatch_width = 0"):
+        load_profile(str(top))
+    assert PROFILE_TEXT
 
 
 def test_unknown_profile_name():

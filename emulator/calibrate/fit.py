@@ -4,6 +4,8 @@ of faults and syscalls), as TOML sections of a variant of a base profile.
 """
 from __future__ import annotations
 
+import math
+
 from emulator.cycles.profile import Profile
 
 
@@ -159,8 +161,18 @@ def fit_profile(meas: dict, base: str = "zen4", name: str | None = None,
     m["syscall"] = {str(k): round(v, 1) for k, v in meas.get("syscall", {}).items()}
     m["faults"] = {k: round(v, 1) for k, v in meas.get("faults", {}).items()}
     m["chains"] = {k: round(v, 4) for k, v in meas.get("chains", {}).items()}
-    sections["measured"] = m
+    sections["measured"] = _finite(m)       # a figure that could not be measured is left out, not NaN
     return sections, com
+
+
+def _finite(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = _finite(v)
+        elif not (isinstance(v, float) and not math.isfinite(v)):
+            out[k] = v
+    return out
 
 
 def fit_window(meas: dict, base: Profile, ratio: float) -> tuple[dict, dict]:

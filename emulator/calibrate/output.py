@@ -5,11 +5,29 @@ left behind), and the whole `calibrate` run: measure, check, fit, write.
 """
 from __future__ import annotations
 
+import math
 import os
 
 from emulator.calibrate.fit import fit_profile
 from emulator.calibrate.measure import check_measurements, measure_all
 from emulator.errors import FaultpathError
+
+
+def toml_string(v: str) -> str:
+    """A TOML basic string: quotes, backslashes and every control character escaped."""
+    out = []
+    for ch in v:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def toml_value(v) -> str:
@@ -18,11 +36,11 @@ def toml_value(v) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        if v != v:
-            return "nan"
+        if not math.isfinite(v):
+            raise FaultpathError(f"calibrate: a non-finite figure ({v}) cannot go into a profile")
         return repr(round(v, 4))
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return toml_string(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):

@@ -28,6 +28,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import os
 
     from emulator.calibrate.output import calibrate
+    from emulator.cycles.profile import load_profile
+    from emulator.errors import UsageError
+    load_profile(args.base)             # a bad base is refused before anything is measured
+    if args.name is not None:
+        try:
+            args.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError("calibrate --name: not valid UTF-8") from None
+        if not args.name.strip() or len(args.name) > 200:
+            raise UsageError("calibrate --name: expected a non-empty name of at most 200 characters")
     out = args.output or default_output()
     d = os.path.dirname(os.path.abspath(out))
     os.makedirs(d, exist_ok=True)

@@ -21,16 +21,22 @@ Sections of a profile file:
   [insn]    legacy per-class costs (rep_element, rep_startup, other) kept for
             callers that still ask insn_cost()
   [event]   event costs in TSC ticks, charged at their stage in the trace
+  [window]  scheduler pools: how many uops waiting on a loop's chain each holds
+            (emulator/cycles/window.py)
   [measured] what calibrate measured (for reference and for `bench`)
+
+Every section, key, type and range is checked against emulator/cycles/schema.py
+when a profile loads: a bad profile is one line naming the file and the key.
 """
 from __future__ import annotations
 
-import math
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emulator.cycles import schema
 from vdso.errors import UsageError   # cycles/ sits below the core: it takes the hierarchy from its root
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -38,7 +44,6 @@ USER_PROFILE_DIR = Path(os.environ.get("FAULTPATH_PROFILE_DIR",
                                        Path.home() / ".config" / "faultpath" / "profiles"))
 DEFAULT_PROFILE = "zen4"
 
-SECTIONS = ("core", "ports", "forms", "insn", "event", "measured", "window")
 
 
 @dataclass(frozen=True)
@@ -130,45 +135,68 @@ def profile_path(name_or_path: str) -> Path:
     return PROFILE_DIR / f"{name_or_path}.toml"
 
 
-def _read(name_or_path: str, depth: int = 0) -> tuple[dict, Path, list]:
+MAX_PROFILE_BYTES = 1 << 20      # a profile is a few kilobytes; refuse anything near a megabyte
+
+
+def _load_file(name_or_path: str) -> tuple[dict, Path, tuple]:
+    """One profile file, parsed: a regular file of sane size, TOML whose top
+    level is tables."""
     path = profile_path(name_or_path)
     try:
         st = path.stat()
-        files = [(str(path.resolve()), st.st_mtime_ns, st.st_size)]
-        data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"profile {name_or_path!r}: no such profile") from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"profile {name_or_path!r}: {e}") from None
+    except OSError as e:
+        raise UsageError(f"profile {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"profile {path}: not a regular file")
+    if st.st_size > MAX_PROFILE_BYTES:
+        raise UsageError(f"profile {path}: {st.st_size} bytes, more than a profile's {MAX_PROFILE_BYTES}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PROFILE_BYTES + 1)
+        data = tomllib.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise UsageError(f"profile {path}: {e.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"profile {path}: not valid TOML: {e}") from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise UsageError(f"profile {path}: more than a profile's {MAX_PROFILE_BYTES} bytes")
+    for sec, items in data.items():
+        if not isinstance(items, dict):
+            raise UsageError(f"profile {path}: {sec} = {items!r:.40}: expected a [{sec}] table")
+    return data, path, (str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def _read(name_or_path: str, depth: int = 0) -> tuple[dict, Path, list, dict]:
+    """The profile with its base chain merged in (uiCA-style: the base first,
+    then every section of this file over it, key by key), the files read, and
+    where each (section, key) came from."""
+    data, path, ident = _load_file(name_or_path)
+    files = [ident]
+    origin = {(sec, k): str(path) for sec, items in data.items() for k in items}
+    origin.update({(sec, None): str(path) for sec in data})
     base = data.get("meta", {}).get("base")
-    if base:
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise UsageError(f"profile {path}: [meta] base = {base!r:.40}: expected the name or path of a profile")
         if depth > 4:
-            raise UsageError(f"profile {name_or_path!r}: base chain too deep")
-        merged, _, more = _read(str(base), depth + 1)
+            raise UsageError(f"profile {path}: [meta] base chain deeper than 5 profiles (a loop?)")
+        merged, _, more, morigin = _read(base, depth + 1)
         files += more
         for sec, items in data.items():
-            if isinstance(items, dict):
-                merged.setdefault(sec, {})
-                if sec == "forms":
-                    for k, v in items.items():
-                        merged[sec][k] = {**merged[sec].get(k, {}), **v} if isinstance(v, dict) else v
-                else:
-                    merged[sec].update(items)
+            merged.setdefault(sec, {})
+            if sec == "forms":
+                for k, v in items.items():
+                    old = merged[sec].get(k, {})
+                    merged[sec][k] = {**old, **v} if isinstance(v, dict) and isinstance(old, dict) else v
             else:
-                merged[sec] = items
+                merged[sec].update(items)
         merged.setdefault("meta", {})["name"] = data.get("meta", {}).get("name", path.stem)
-        data = merged
-    return data, path, files
-
-
-def _num(sec: str, k: str, v) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise UsageError(f"profile: [{sec}] {k} = {v!r} is not a number") from None
-    if math.isnan(f) or f < 0:
-        raise UsageError(f"profile: [{sec}] {k} = {v!r} must be a non-negative number")
-    return f
+        merged["meta"].pop("base", None)
+        morigin.update(origin)
+        data, origin = merged, morigin
+    return data, path, files, origin
 
 
 _LOADED: dict[tuple, Profile] = {}
@@ -178,37 +206,26 @@ def load_profile(name_or_path: str = DEFAULT_PROFILE) -> Profile:
     """The profile by name (emulator/profiles/, then the user's profile directory)
     or path.  The same Profile object comes back while its file (and its base's)
     is unchanged, so per-profile caches (block analyses) are shared."""
-    data, path, files = _read(name_or_path)
+    data, path, files, origin = _read(name_or_path)
     key = tuple(files)
     prof = _LOADED.get(key)
     if prof is None:
-        prof = _LOADED[key] = _build(name_or_path, data, path)
+        schema.check(data, lambda sec, k: origin.get((sec, k)) or origin.get((sec, None)) or str(path))
+        prof = _LOADED[key] = _build(data, path)
     return prof
 
 
-def _build(name_or_path: str, data: dict, path: Path) -> Profile:
-    meta = data.get("meta", {})
-    ports = {k: tuple(v) for k, v in data.get("ports", {}).items()}
-    forms = {}
-    for k, v in data.get("forms", {}).items():
-        if not isinstance(v, dict):
-            raise UsageError(f"profile {name_or_path!r}: [forms] {k!r} must be an inline table")
-        f = dict(v)
-        for num in ("lat", "mops", "tp"):
-            if num in f:
-                f[num] = _num("forms", k, f[num])
-        p = f.get("ports", "-")
-        if p != "-" and p not in ports:
-            raise UsageError(f"profile {name_or_path!r}: [forms] {k!r} names unknown port group {p!r}")
-        forms[k] = f
-    ratio = _num("meta", "tsc_per_core_cycle", meta.get("tsc_per_core_cycle", 1.0))
-    if ratio <= 0:
-        raise UsageError(f"profile {name_or_path!r}: meta.tsc_per_core_cycle must be > 0")
-    return Profile(name=meta.get("name", path.stem), tsc_mhz=_num("meta", "tsc_mhz", meta.get("tsc_mhz", 0)),
-                   insn={k: _num("insn", k, v) for k, v in data.get("insn", {}).items()},
-                   event={k: _num("event", k, v) for k, v in data.get("event", {}).items()},
-                   source=meta.get("source", ""), tsc_per_core_cycle=ratio,
-                   core={k: (_num("core", k, v) if not isinstance(v, str) else v)
-                         for k, v in data.get("core", {}).items()},
-                   ports=ports, forms=forms, measured=data.get("measured", {}), path=str(path),
-                   window={k: dict(v) for k, v in data.get("window", {}).items()})
+def _build(data: dict, path: Path) -> Profile:
+    """The Profile of a merged profile that passed schema.check."""
+    meta = data["meta"]
+    return Profile(name=str(meta.get("name", path.stem)), tsc_mhz=float(meta["tsc_mhz"]),
+                   insn={k: float(v) for k, v in data.get("insn", {}).items()},
+                   event={k: float(v) for k, v in data.get("event", {}).items()},
+                   source=str(meta.get("source", "")), tsc_per_core_cycle=float(meta["tsc_per_core_cycle"]),
+                   core={k: (v if isinstance(v, str) else float(v)) for k, v in data["core"].items()},
+                   ports={k: tuple(v) for k, v in data["ports"].items()},
+                   forms={k: {fk: (fv if isinstance(fv, str) else float(fv)) for fk, fv in v.items()}
+                          for k, v in data["forms"].items()},
+                   measured=data.get("measured", {}), path=str(path),
+                   window={k: {"groups": tuple(v["groups"]), "entries": float(v["entries"])}
+                           for k, v in data.get("window", {}).items()})
