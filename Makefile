@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-	$(VPY) -m pip install -q -e .
+	$(VPY) -m pip install -q -e '.[dask]'
 	touch $(STAMP)
 
 run: $(STAMP)

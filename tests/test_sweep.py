@@ -148,17 +148,59 @@ def test_a_unicorn_abort_is_recorded_as_that_runs_outcome():
     assert crashed and {e for _, e in crashed} == {"not-ready"}
     assert [i for i, _ in crashed] == list(range(len(crashed) - 1)) + [n]
     assert all("SIGABRT" in r.violations[0]["detail"] for r in res.records if r.outcome == "crash")
+    assert all("\n" not in r.violations[0]["detail"] for r in res.records if r.outcome == "crash")
     assert sorted((r.i, r.event) for r in res.records) == sorted((i, e) for i in range(n + 1) for e in events)
     assert all(r.outcome.startswith("ok") for r in res.records if r.outcome != "crash")
     assert res.failed and "crash" in res.format()
 
 
+def test_an_abort_prints_nothing_on_the_terminal():
+    """Even with Python's fault handler on (PYTHONFAULTHANDLER, or pytest's),
+    a worker's abort is a crash record, not a stack dump on stderr."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_sweep import _aborting_image, _sweep; "
+            "res = _sweep(_aborting_image(), placements=['start'], events=['not-ready'], jobs=1); "
+            "print(sum(r.outcome == 'crash' for r in res.records))")
+    proc = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONFAULTHANDLER="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) > 1
+    assert proc.stderr == ""
+
+
+def test_a_child_worker_records_aborts_as_a_local_worker_does():
+    """The subprocess-started worker (what a Dask task runs in) attributes
+    each abort to its run and finishes the task in a fresh child."""
+    from emulator.sweep.executors import ChildWorker, LocalExecutor
+    from emulator.sweep.records import SweepTask
+    img = _aborting_image()
+    cfg = SweepConfig(4)
+    base = SweepTask(0, img, cfg, 0, "baseline")
+    local = LocalExecutor(1)
+    try:
+        n = next(rec for _, rec in local.run([base])).n
+        task = SweepTask(1, img, cfg, 0, "boundaries", n - 2, n + 1, ("not-ready", "drop"), n)
+        want = [(r.i, r.event, r.outcome, r.violations) for _, r in local.run([task])]
+    finally:
+        local.close()
+    child = ChildWorker()
+    try:
+        got = [(r.i, r.event, r.outcome, r.violations) for r in child.run(task)]
+    finally:
+        child.close()
+    assert [i for i, _, o, _ in got if o == "crash"] == [n]        # not-ready after the return
+    assert sorted(got) == sorted(want)
+
+
+DASK = "the dask extra is not installed (make test installs it)"
+
+
 def test_dask_executor_on_a_local_cluster():
-    pytest.importorskip("distributed")
+    pytest.importorskip("distributed", reason=DASK)
     from distributed import LocalCluster
     img = build_image("builtin")
     cfgs = make_configs([4], ["start", "straddle"], [1], "skip")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1") as cluster:
         addr = cluster.scheduler_address.split("://", 1)[1]
         res = sweep(img, "builtin", cfgs, ["drop", "fork", "reenter"], jobs=2, executor=f"dask://{addr}",
                     progress=False)
@@ -171,12 +213,14 @@ def test_dask_executor_on_a_local_cluster():
 
 @pytest.mark.slow
 def test_dask_worker_deaths_become_crash_records():
-    pytest.importorskip("distributed")
+    """An abort on Dask kills the task's child, never the Dask worker: the
+    records are the local executor's, crash for crash."""
+    pytest.importorskip("distributed", reason=DASK)
     from distributed import LocalCluster
     img = _aborting_image()
     cfgs = make_configs([4], ["start"], [1], "skip")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=50) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      host="127.0.0.1", silence_logs=50) as cluster:
         addr = cluster.scheduler_address.split("://", 1)[1]
         res = sweep(img, "x", cfgs, ["not-ready"], jobs=2, executor=f"dask://{addr}", progress=False)
     local = sweep(img, "x", cfgs, ["not-ready"], jobs=2, progress=False)
