@@ -171,7 +171,7 @@ def test_user_file_gets_our_chacha_linked(tmp_path):
 
 
 def test_a_copy_of_the_builtin_source_builds_the_same_code(tmp_path):
-    """How mutants start: a copy of asm/vgetrandom.s, our ChaCha20 linked in."""
+    """A user's copy of asm/vgetrandom.s (our ChaCha20 linked in) is the builtin image."""
     src = (asm_build.ASM_DIR / "vgetrandom.s").read_text()
     path = _write(tmp_path, "mutant.s", src)
     img, ref = build_image(path), build_image("builtin")
