@@ -191,6 +191,45 @@ def test_a_scaled_index_adds_address_latency():
     assert t.recurrence == pytest.approx(P.core["load_latency"])
 
 
+def test_a_failed_forward_stalls_even_when_nothing_uses_the_load():
+    t = timing(".Ltop:\n" + "".join(f"mov dword ptr [rsi + {4 * k:#x}], ecx\n" for k in range(4)) +
+               "movdqu xmm0, xmmword ptr [rsi]\ndec edi\njnz .Ltop\n")
+    assert t.cost >= P.core["store_forward_fail_latency"]
+    assert t.detail["bounds"]["forward-fail"] == pytest.approx(P.core["store_forward_fail_latency"])
+
+
+# --- the pipeline model (emulator/cycles/pipeline.py) -------------------------------------
+
+def _sim(src: str) -> float:
+    from emulator.cycles import pipeline, scoreboard
+    ms = _models(".Ltop:\n" + src + "dec rdi\njnz .Ltop\n")
+    return pipeline.simulate(ms, scoreboard.dependencies(ms, P, True), P)
+
+
+def test_the_pipeline_model_meets_each_bound_alone():
+    assert _sim("imul rax, rcx\n" * 4) == pytest.approx(4 * P.forms["imul"]["lat"])       # a chain
+    assert _sim("".join(f"rol {r}, 0x1\n" for r in ("eax", "ecx", "edx", "esi", "r8d", "r9d", "r10d", "r11d"))) \
+        == pytest.approx(8 / len(P.ports["SHIFT"]))                                       # two shift pipes
+    assert _sim("mov rax, qword ptr [rsi]\nadd rax, 0x1\nmov qword ptr [rsi], rax\n") == pytest.approx(1)
+
+
+QR = ("add {a}, {b}\nxor {d}, {a}\nrol {d}, 0x10\nadd {c}, {d}\nxor {b}, {c}\nrol {b}, 0xc\n"
+      "add {a}, {b}\nxor {d}, {a}\nrol {d}, 0x8\nadd {c}, {d}\nxor {b}, {c}\nrol {b}, 0x7\n")
+
+
+def test_where_the_bounds_meet_the_pipeline_model_decides():
+    # Three quarter rounds, ChaCha20's shape: 12-op chains with no slack on the ALUs.
+    regs = [("eax", "esi", "r10d", "r13d"), ("ebx", "r8d", "r11d", "r14d"), ("ecx", "r9d", "r12d", "r15d")]
+    body = "".join(QR.format(a=a, b=b, c=c, d=d) for a, b, c, d in regs) * 2
+    t = timing(".Ltop:\n" + body + "dec rdi\njnz .Ltop\n")
+    assert min(t.throughput, t.recurrence) >= 0.5 * max(t.throughput, t.recurrence)
+    assert t.cost >= max(t.throughput, t.recurrence)
+    assert t.bound == "pipeline" or t.cost == max(t.throughput, t.recurrence)
+    small = timing(".Ltop:\nmovzx ecx, byte ptr [rsi]\nadd rsi, 0x1\ncmp rcx, rdx\nadc rax, 0x0\n"
+                   "dec rdi\njnz .Ltop\n")
+    assert small.bound != "pipeline"                 # below core.pipeline_min_uops: the bounds stand
+
+
 # --- the window at a loop's exit (emulator/cycles/window.py) -------------------------------
 
 def _models(src: str, addr: int = 0x1000):

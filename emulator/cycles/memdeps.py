@@ -51,6 +51,7 @@ class _Store:
     data: dict[str, float]  # latest path from each entry register to the stored data
     t: float                # time the data is ready, all inputs at 0
     carried: bool = False   # its address is the same in the next execution of the block
+    insn: int = -1          # index of the storing instruction in the block
 
 
 @dataclass
@@ -66,6 +67,8 @@ class MemWalk:
     carried: list[_Store] = field(default_factory=list)   # from a first pass: the block's carried stores
     forwarded: int = 0                      # loads that read an in-flight store (this block or the last run)
     rmw_forwards: int = 0                   # of them: a read-modify-write's load, or any load of one's store
+    links: dict[int, list] = field(default_factory=dict)  # load insn -> [(store insn, from the last run, latency)]
+    fails: int = 0                          # loads whose forward fails: each stalls until the stores commit
 
     # --- addresses ------------------------------------------------------------------
     def _region(self, ref: MemRef) -> tuple[tuple, int]:
@@ -104,7 +107,7 @@ class MemWalk:
                 self.rsp_known = False
             self.ver[r] = self.ver.get(r, 0) + 1
 
-    def load(self, ref: MemRef, addr: dict[str, float], t_addr: float, load_lat: float
+    def load(self, ref: MemRef, addr: dict[str, float], t_addr: float, load_lat: float, insn: int = -1
              ) -> tuple[dict[str, float], float]:
         """(dependency vector, time) of a load's result."""
         region, lo = self._region(ref)
@@ -132,6 +135,9 @@ class MemWalk:
         covers = last.lo <= lo and hi <= last.hi
         used = [last] if covers else hits
         lat = self.forward_latency(last, ref, lo, 1 if covers else len(hits))
+        if not covers:
+            self.fails += 1
+        self.links[insn] = [(s.insn, from_last_run, lat) for s in used]
         for s in used:
             if from_last_run:
                 node = f"mem:{self.carried.index(s)}"
@@ -155,9 +161,9 @@ class MemWalk:
             return float(core.get("mem_rename_latency", 0))
         return float(core.get("store_forward_latency", 6))
 
-    def store(self, ref: MemRef, data: dict[str, float], t: float) -> None:
+    def store(self, ref: MemRef, data: dict[str, float], t: float, insn: int = -1) -> None:
         region, lo = self._region(ref)
-        s = _Store(region, lo, lo + ref.size, ref, data, t, self._invariant(ref))
+        s = _Store(region, lo, lo + ref.size, ref, data, t, self._invariant(ref), insn)
         self.stores.append(s)
 
     def carried_out(self) -> dict[str, dict[str, float]]:

@@ -69,6 +69,7 @@ CORE = {
     "store_forward_latency": LATENCY, "vec_store_forward_latency": LATENCY, "store_forward_fail_latency": LATENCY,
     "load_line_split": LATENCY, "store_line_split": LATENCY,
     "load_page_split": Num(0, 100_000), "store_page_split": Num(0, 100_000),
+    "pipeline_min_uops": Num(1, 100_000), "pipe_queue": Num(1, 1000),
     "rep_startup": Num(0, 100_000), "rep_bytes_per_cycle": Num(0, 4096, above=True), "rep_min_element": LATENCY,
     "load_ports": Group(), "store_ports": Group(), "vec_store_data_ports": Group(), "branch_ports": Group(),
     "rmw_forward_ports": Group(),

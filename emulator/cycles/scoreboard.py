@@ -31,12 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from emulator.cycles import window
+from emulator.cycles import pipeline, window
 from emulator.cycles.memdeps import MemWalk
 from emulator.cycles.profile import Profile
 from emulator.cycles.uarch import FLAGS, InsnModel
 
 NEG = float("-inf")
+CLOSE = 0.5         # throughput and recurrence this close: the pipeline model decides
 
 
 @dataclass
@@ -153,7 +154,7 @@ def _walk(models: list[InsnModel], profile: Profile, carried: list) -> Walk:
         v = ready.get(r)
         return v if v is not None else {r: 0.0}
 
-    for m in models:
+    for i, m in enumerate(models):
         if m.zero_idiom:
             for d in m.dsts:
                 ready[d] = {}
@@ -179,7 +180,7 @@ def _walk(models: list[InsnModel], profile: Profile, carried: list) -> Walk:
             addr = _merge([vec(s) for s in m.addr_srcs], 0.0)
             t_addr = max([abs_ready.get(s, 0.0) for s in m.addr_srcs] or [0.0])
             if m.mem is not None and m.mem.load:
-                lv, t_in = mem.load(m.mem, addr, t_addr, load_lat)
+                lv, t_in = mem.load(m.mem, addr, t_addr, load_lat, i)
             else:
                 lv, t_in = {k: x + load_lat for k, x in addr.items()}, t_addr + load_lat
             parts.append(lv)
@@ -190,7 +191,7 @@ def _walk(models: list[InsnModel], profile: Profile, carried: list) -> Walk:
         t = t_in + op_lat
         crit = max(crit, t)
         if m.mem is not None and m.mem.store:
-            mem.store(m.mem, v, t)
+            mem.store(m.mem, v, t, i)
         for d in m.dsts:
             ready[d] = v
             abs_ready[d] = t
@@ -258,6 +259,11 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
         counts[str(rmw_group)] = counts.get(str(rmw_group), 0.0) + walk.mem.rmw_forwards
     pb, pwhich = port_bound(counts, profile)
     bounds = {"dispatch": mops / width if width else 0.0, f"ports:{pwhich}": pb}
+    if walk.mem.fails:
+        # A load that needs several stores' bytes waits until they reach the cache,
+        # and so does everything behind it [MEAS: two such loads an iteration, nothing
+        # depending on them: 40 cycles]: a stall, not just a latency.
+        bounds["forward-fail"] = walk.mem.fails * float(core.get("store_forward_fail_latency", 19))
     last = models[-1] if models else None
     if last is not None and last.branch:
         taken = float(core.get("taken_branch_cycles", 1.0))
@@ -266,13 +272,24 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
         bounds["branch"] = taken
     throughput, bound = max(((v, k) for k, v in bounds.items()), default=(0.0, "dispatch"))
     cost = max(throughput, rec)
+    sim = None
+    body_uops = sum(len(m.uops) for m in models[start:]) if looping else 0
+    if looping and rec > 0 and throughput > 0 and min(rec, throughput) >= CLOSE * max(rec, throughput) \
+            and body_uops >= float(core.get("pipeline_min_uops", float("inf"))):
+        # The bounds meet: run the body on the pipeline model (emulator/cycles/pipeline.py),
+        # which sees the cycles lost when a chain's next op finds its pipe taken.
+        sim = pipeline.simulate(models[start:], body_walk, profile)
+        if sim is not None and sim > cost:
+            cost = sim
+            bound = "pipeline"
     loop_window = None
     if rec > throughput:
-        bound = "recurrence"
+        if bound != "pipeline":
+            bound = "recurrence"
         if looping:
             # What the loop leaves waiting in the schedulers each iteration: the
             # work after its exit overlaps its last chains (emulator/cycles/window.py).
-            loop_window = window.loop_window(models[start:], body_walk, rec, profile)
+            loop_window = window.loop_window(models[start:], body_walk, rec, profile, period=cost)
     rep_elem = 0.0
     if last is not None and last.rep:
         cost += float(core.get("rep_startup", 14))

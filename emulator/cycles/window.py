@@ -58,12 +58,15 @@ def _count(models, selected, profile: Profile) -> dict[str, float]:
     return out
 
 
-def loop_window(body: list["InsnModel"], walk: "Walk", rec: float, profile: Profile) -> LoopWindow | None:
-    """What a latency-bound loop leaves waiting each iteration (None: no pools)."""
+def loop_window(body: list["InsnModel"], walk: "Walk", rec: float, profile: Profile,
+                period: float | None = None) -> LoopWindow | None:
+    """What a latency-bound loop (recurrence rec; an iteration every `period`
+    core cycles, rec unless the pipeline model says more) leaves waiting each
+    iteration (None: no pools)."""
     if not profile.window or rec <= 0:
         return None
     waiting = [bool(deps & slow) for deps in walk.deps] if (slow := chain_nodes(walk.ready, rec)) else []
-    return LoopWindow(rec, slow, _count(body, waiting, profile))
+    return LoopWindow(period or rec, slow, _count(body, waiting, profile))
 
 
 def chain_nodes(d: dict[str, dict[str, float]], rec: float) -> frozenset:
