@@ -87,7 +87,15 @@ class Measurer:
 
     # --- vDSO --------------------------------------------------------------------
     def vdso(self, v: NativeVdso, sizes=VDSO_SIZES) -> dict[int, float]:
-        st = Mapping(PAGE, flags=MAP_ANONYMOUS | MAP_DROPPABLE, nohuge=False)
+        # One state per size, each started as the emulated run starts it (a fresh
+        # state: reseed, then one call and whole batch periods): where in the batch
+        # the calls of a size fall decides how many refills they make (64 B from
+        # position 0 refills once every 3 calls, from position 16 twice), so a state
+        # shared by all sizes would time another mix of calls than bench predicts.
+        st = Mapping(PAGE * ((len(sizes) * OPAQUE_LEN) // PAGE + 1), flags=MAP_ANONYMOUS | MAP_DROPPABLE,
+                     nohuge=False)
+        per_page = PAGE // OPAQUE_LEN
+        state = {s: st.addr + (i // per_page) * PAGE + (i % per_page) * OPAQUE_LEN for i, s in enumerate(sizes)}
         buf = Mapping(1 << 16)
         try:
             ctypes.memset(buf.addr, 0, buf.length)
@@ -95,13 +103,14 @@ class Measurer:
             # this shared VM then spoils one repeat of every size, not all of one.
             out: dict[int, float] = {}
             for s in sizes:
-                self.h.time_calls(v.getrandom, [buf.addr, s, 0, st.addr, OPAQUE_LEN], vdso_period(s) * 4)  # warm
+                self.h.time_calls(v.getrandom, [buf.addr, s, 0, state[s], OPAQUE_LEN], vdso_period(s) + 1)  # warm
             for _ in range(self.reps):
                 for s in sizes:
-                    t = self.h.time_calls(v.getrandom, [buf.addr, s, 0, st.addr, OPAQUE_LEN], calls_for(s, self.quick))
+                    t = self.h.time_calls(v.getrandom, [buf.addr, s, 0, state[s], OPAQUE_LEN],
+                                          calls_for(s, self.quick))
                     out[s] = min(out.get(s, t), t)
             ret = ctypes.CFUNCTYPE(ctypes.c_long, U64, U64, U64, U64, U64)(v.getrandom)(
-                buf.addr, 32, 0, st.addr, OPAQUE_LEN)
+                buf.addr, 32, 0, state[sizes[0]], OPAQUE_LEN)
             if ret != 32:
                 raise FaultpathError(f"calibrate: native __vdso_getrandom(32) returned {ret}")
             return out
