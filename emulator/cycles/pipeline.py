@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from emulator.cycles.profile import Profile
 
 if TYPE_CHECKING:
-    from emulator.cycles.scoreboard import Walk
+    from emulator.cycles.walk import Walk
     from emulator.cycles.uarch import InsnModel
 
 MAX_UOPS = 3000             # simulated uops per loop (bounds the analysis time of a big body)

@@ -33,6 +33,7 @@ from itertools import combinations
 
 from emulator.cycles import pipeline, window
 from emulator.cycles.memdeps import MemWalk
+from emulator.cycles.walk import Walk
 from emulator.cycles.profile import Profile
 from emulator.cycles.uarch import FLAGS, InsnModel
 
@@ -114,15 +115,6 @@ def _merge(vs: list[dict[str, float]], add: float) -> dict[str, float]:
         for k in out:
             out[k] += add
     return out
-
-
-@dataclass
-class Walk:
-    """One pass of the scoreboard over a block."""
-    ready: dict[str, dict[str, float]]      # D[s][r]: longest path from r at entry to s at exit
-    crit: float                             # critical path from the entry, all inputs ready at 0
-    mem: MemWalk
-    deps: list[frozenset]                   # per instruction: the entry nodes its result depends on
 
 
 def dependencies(models: list[InsnModel], profile: Profile, looping: bool = True) -> Walk:
