@@ -157,6 +157,18 @@ def test_compare_masks_undefined_flags(checker):
     assert compare(seq, native, replace(native, rflags=native.rflags ^ 0x1)) is not None
 
 
+def test_fault_lists_are_compared_in_words():
+    from emulator.diffcheck.compare import fault_kinds
+    from emulator.diffcheck.records import Fault
+    w = Fault(0x30000004, 0x30101000, "write", 6)
+    assert fault_kinds([w], [Fault(0x30000004, 0x30101000, "read", 4), replace(w, error_code=7)]) == \
+        ["read-then-write"]
+    assert fault_kinds([w], [Fault(0x30000004, 0x30100ffe, "write", 7), w]) == ["extra"]
+    assert fault_kinds([w], []) == ["missing"]
+    assert fault_kinds([w], [replace(w, address=0x30101008)]) == ["address"]
+    assert fault_kinds([w], [replace(w, error_code=7)]) == ["error-code"]
+
+
 # ----------------------------------------------------------------------------- determinism and hygiene
 def test_sequences_are_a_function_of_seed_kind_index():
     for kind, i in (("flags", 7), ("forms", 123), ("privileged", 5)):

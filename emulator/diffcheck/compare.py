@@ -9,7 +9,8 @@ short word the report groups by:
                   differs after that is a consequence, kept in the details only
   signal[...]     the same signal at the same rip, different si_code or si_addr
   si_code?        the same signal, but the emulator records no si_code
-  faults          the faults taken and resolved (rip, address, access, error code)
+  faults[...]     the faults taken and resolved (rip, address, access, error
+                  code): read-then-write, extra, missing, address, error-code
   rflags[CF,AF]   arithmetic flags (and DF), by bit
   gpr             general registers
   xmm, mxcsr      SSE state
@@ -142,13 +143,58 @@ def _faults(d: Difference, seq: Sequence, native: RunState, emulated: RunState) 
     nat = [f for f in native.faults if (f.address & ~(PAGE - 1)) not in silent or f.access != "write"]
     if [_key(f) for f in nat] == [_key(f) for f in emulated.faults]:
         return
-    d.parts.append("faults")
+    d.parts.append(f"faults[{','.join(fault_kinds(nat, emulated.faults))}]")
     d.details.append(f"faults native [{', '.join(f.text() for f in nat)}] "
                      f"emulated [{', '.join(f.text() for f in emulated.faults)}]")
 
 
 def _key(f) -> tuple:
     return (f.rip, f.address, f.access, f.error_code)
+
+
+def fault_kinds(nat: list, emu: list) -> list[str]:
+    """How two fault lists differ, in words:
+      read-then-write  the emulator took a read fault, then a write fault, at
+                       an address where the CPU took one write fault (a
+                       read-modify-write faults as a write on the CPU)
+      extra            an emulated fault the CPU did not take
+      missing          a fault the CPU took and the emulator did not
+      address          the same instruction and access, another address
+      error-code       the same fault, another error code"""
+    kinds = []
+    emu = list(emu)
+    merged = []
+    k = 0
+    while k < len(emu):
+        f = emu[k]
+        nxt = emu[k + 1] if k + 1 < len(emu) else None
+        if f.access == "read" and nxt is not None and nxt.access == "write" and (nxt.rip, nxt.address) == \
+                (f.rip, f.address) and any((n.rip, n.address, n.access) == (f.rip, f.address, "write") for n in nat):
+            kinds.append("read-then-write")
+            merged.append(("merged", nxt))
+            k += 2
+            continue
+        merged.append(("plain", f))
+        k += 1
+    left = list(nat)
+    unmatched = []
+    for how, f in merged:
+        hit = next((n for n in left if (n.rip, n.address, n.access) == (f.rip, f.address, f.access)), None)
+        if hit is None:
+            unmatched.append(f)
+            continue
+        left.remove(hit)
+        if how == "plain" and hit.error_code != f.error_code:
+            kinds.append("error-code")
+    for f in unmatched:
+        twin = next((n for n in left if (n.rip, n.access) == (f.rip, f.access)), None)
+        if twin is not None:
+            left.remove(twin)
+            kinds.append("address")
+        else:
+            kinds.append("extra")
+    kinds += ["missing"] * len(left)
+    return list(dict.fromkeys(kinds)) or ["order"]
 
 
 def _memory(a: list[bytes], b: list[bytes]) -> list[str]:

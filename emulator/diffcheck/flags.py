@@ -100,6 +100,12 @@ def producer(rng, d: str, s: str) -> str:
     return f"cmp {D}, {S}"
 
 
+def _defines_all(rng, d: str, s: str) -> str:
+    """A producer after which every arithmetic flag is defined."""
+    bits = rng.choice((8, 16, 32, 64))
+    return f"{rng.choice(('cmp', 'add', 'sub', 'adc', 'sbb'))} {sub(d, bits)}, {sub(s, bits)}"
+
+
 def consumer(rng, d: str, s: str) -> str:
     """One flag-reading instruction writing register d."""
     cc = rng.choice(CONDITIONS)
@@ -164,6 +170,10 @@ def build(seed: int, kind: str, index: int, form: AccessForm, pl: Placement) -> 
         b.regs["rcx"] = value(rng)      # shift counts by cl known: their flags can be consumed
     producers = [t for t in (emit_free(b, producer, free, reserved) for _ in range(rng.choice((1, 1, 2, 3))))
                  if t] if free else []
+    if free and reads(form.insn.op) & ~b.defined():
+        # The access reads flags (pushfq, setcc [m], adc [m], rcl [m]...): they
+        # must be defined, so a producer that defines them all goes last.
+        emit_free(b, _defines_all, free, reserved)
     place(b, form, pl)
     consumers = [t for t in (emit_free(b, consumer, free, reserved) for _ in range(rng.choice((1, 2, 2, 3))))
                  if t] if free else []

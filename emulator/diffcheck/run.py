@@ -12,9 +12,10 @@ split over worker processes (each owns its native mappings and its Machine)
 and any one sequence rebuilt alone (`--only`).
 
 A sequence that differs is run once more on both sides with every page that
-faulted made present (same bytes): if the difference goes away it arises
-across a fault (the fault path, the restart), if it stays it is the
-instruction itself (Unicorn's semantics).  That is the `where` column.
+faulted made present (same bytes): if exactly the same differences remain,
+they are the instruction's own (Unicorn's semantics: "without faults too");
+otherwise the faults changed the outcome ("across a fault": the fault path,
+the restart).  That is the `where` column.
 """
 from __future__ import annotations
 
@@ -116,15 +117,18 @@ class Checker:
         diff = compare(seq, nat, emu)
         out = Checked(seq, diff, native_s=t1 - t0, emulated_s=t2 - t1)
         if diff is not None:
-            out.where = self._where(seq, nat)
+            out.where = self._where(seq, nat, diff)
         return out
 
-    def _where(self, seq: Sequence, nat) -> str:
+    def _where(self, seq: Sequence, nat, diff: Difference) -> str:
+        """Does the difference come with the faults?  Run the sequence again
+        with its pages present: the same differences without any fault mean
+        the instruction itself; anything else, the fault path."""
         if not nat.faults or not self.control:
             return "no fault taken" if not nat.faults else "across a fault?"
         plain = without_faults(seq)
         again = compare(plain, self.native.run(plain), self.emulated.run(plain, fresh=seq.kind == "privileged"))
-        return "across a fault" if again is None else "without faults too"
+        return "without faults too" if again is not None and again.details == diff.details else "across a fault"
 
 
 @dataclass
