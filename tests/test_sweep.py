@@ -247,9 +247,54 @@ def test_cli_sweep_json_and_exit_status(tmp_path, capsys):
     assert set(doc["counts"]["4"]) == {"none", "drop", "reenter"}
     for argv in (["sweep", "--events", "bogus"], ["sweep", "--events", "oom:0"],
                  ["sweep", "--inject", "drop@3"], ["sweep", "--calls", "3"], ["sweep", "--placements", "middle"],
-                 ["sweep", "--image", "/nonexistent.s"], ["sweep", "--mutants", "--image", "builtin"]):
+                 ["sweep", "--image", "/nonexistent.s"], ["sweep", "--mutants", "--image", "builtin"],
+                 # every option is used or refused: nothing soft-accepted, nothing ignored
+                 ["sweep", "--profile", "bogus"], ["sweep", "--profile", ""], ["sweep", "--events", "drop,,"],
+                 ["sweep", "--events", ""], ["sweep", "--placements", ""], ["sweep", "--placements", "start,,end"],
+                 ["sweep", "--size", ""], ["sweep", "--size", ","], ["sweep", "--calls-before", ""],
+                 ["sweep", "--max-report", "-1"], ["sweep", "--state-offset", "3952"], ["sweep", "--prefault"],
+                 ["sweep", "--executor", ""], ["sweep", "--executor", "dask://"], ["sweep", "--swap", "-1"],
+                 ["sweep", "--flags", "0x100000000"], ["sweep", "--mutants", "--max-report", "3"]):
         rc, out, err = _cli(argv + ["--jobs", "0"], capsys)
         assert rc == 2 and err.count("\n") == 1 and err.startswith("faultpath: error:"), (argv, err)
+        assert out == "", (argv, out)
+
+
+def test_the_profile_prices_every_run(tmp_path, capsys):
+    """--profile drives the cycle figures: a variant of zen4 whose syscall
+    entry/exit costs 10000 ticks more leaves the warm call (no syscall) as it
+    was and makes a call a drop sends down the reseed path (one syscall)
+    10000 ticks dearer."""
+    dear = tmp_path / "dear-syscalls.toml"
+    dear.write_text('[meta]\nbase = "zen4"\nname = "dear-syscalls"\n[event]\nsyscall_entry_exit = 10270\n')
+    docs = []
+    for profile in ("zen4", str(dear)):
+        path = tmp_path / "p.json"
+        rc, out, err = _cli(["sweep", "--image", "builtin", "--size", "4", "--events", "drop", "--placements",
+                             "start", "--jobs", "0", "--profile", profile, "--json", str(path)], capsys)
+        assert rc == 0, err
+        assert f"profile={profile}" in out and "cycles med/max" in out
+        docs.append(json.loads(path.read_text()))
+    zen4, dear_doc = docs
+    assert dear_doc["configs"][0]["profile"] == str(dear)
+    assert dear_doc["configs"][0]["cycles"] == zen4["configs"][0]["cycles"] > 0
+    assert dear_doc["cycles"]["4"]["drop"]["median"] - zen4["cycles"]["4"]["drop"]["median"] == \
+        pytest.approx(10000)
+    assert zen4["violations"] == [] and dear_doc["violations"] == []
+    # a reproduction prices its run with the sweep's profile
+    assert f"--profile {dear}" in repro_command("builtin", SweepConfig(4, profile=str(dear)), "drop", 5, 86)
+    assert "--profile" not in repro_command("builtin", SweepConfig(4), "drop", 5, 86)
+
+
+def test_the_records_do_not_depend_on_how_the_walk_is_chunked():
+    """Records, cycles included, are the same in one process (one chunk per
+    configuration) and in two workers (chunks of 8 boundaries)."""
+    img = build_image("builtin")
+    cfgs = make_configs([4], ["start"], [1], "skip")
+    one = sweep(img, "builtin", cfgs, ["drop", "reseed"], jobs=0, progress=False)
+    two = sweep(img, "builtin", cfgs, ["drop", "reseed"], jobs=2, progress=False)
+    assert [dataclasses.asdict(r) for r in one.records] == [dataclasses.asdict(r) for r in two.records]
+    assert all(r.cycles for r in one.records)
 
 
 MUTANT = str(ASM_DIR / "mutants" / "no_final_recheck.patch")
@@ -274,6 +319,7 @@ def test_cli_exit_1_and_a_reproduction_that_reproduces(tmp_path, capsys):
     swept = report["calls"][-1]
     assert swept["injections"] == [f"drop@{v['boundary']}"]
     assert bytes.fromhex(swept["output"]).count(0) >= 4          # the zeros the oracle saw
+    assert swept["cycles"] == pytest.approx(v["cycles"], abs=0.05)   # the run report rounds to 0.1
     from emulator.sweep.oracle import judge_run_report
     verdicts = judge_run_report(report)
     assert [x.invariant for x in verdicts[-1].violations] == [x["invariant"] for x in v["violations"]]

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from emulator.errors import UsageError
 
@@ -17,6 +18,7 @@ DEFAULT_SIZES = [4, 64, 256]
 MUTANT_SIZES = [4, 70]
 MUTANT_CALLS_BEFORE = [0, 1]
 MUTANT_PLACEMENTS = "start,straddle"
+MAX_REPORT = 30
 
 
 def register(sub, parser_class) -> None:
@@ -43,7 +45,8 @@ def register(sub, parser_class) -> None:
                    help="write the full report as JSON to PATH ('-' for stdout)")
     p.add_argument("--mutants", action="store_true",
                    help="sweep every asm/mutants/*.patch instead and show which invariant and event killed each")
-    p.add_argument("--max-report", type=int, default=30, metavar="N", help="violation groups to print")
+    p.add_argument("--max-report", type=int, default=None, metavar="N",
+                   help=f"violation groups to print (default {MAX_REPORT}; the JSON report has them all)")
     prog = p.add_mutually_exclusive_group()
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="progress bar on stderr (default: when stderr is a terminal)")
@@ -51,52 +54,72 @@ def register(sub, parser_class) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-def _ints(values, what: str) -> list[int]:
+def _ints(values: list[str] | None, what: str, lo: int, hi: int) -> list[int]:
+    """Integers from a repeatable comma-list option, each in lo..hi."""
+    from emulator.sweep.config import split_list
     out = []
     for v in values or []:
-        for part in str(v).split(","):
-            part = part.strip()
-            if not part:
-                continue
+        for part in split_list(str(v), what):
             try:
-                out.append(int(part, 0))
+                k = int(part, 0)
             except ValueError:
                 raise UsageError(f"{what} {part!r}: not an integer") from None
+            if not lo <= k <= hi:
+                raise UsageError(f"{what} {k}: out of range ({lo}..{hi})")
+            out.append(k)
     return out
 
 
+def _profile(spec: str) -> str:
+    """The profile as workers will find it: loaded here first, so that a bad
+    one is refused before any work; a path made absolute."""
+    from emulator.cycles.profile import load_profile, profile_path
+    if not spec.strip():
+        raise UsageError("--profile '': empty")
+    load_profile(spec)
+    return str(profile_path(spec).resolve()) if Path(spec).suffix or os.sep in spec else spec
+
+
 def _options(args: argparse.Namespace, mutants: bool) -> dict:
-    from emulator.cli.main import _sizes
-    from emulator.sweep.config import SWEEP_LIVELOCK, make_configs, parse_events
+    from emulator.run import MAX_PAGES
+    from emulator.sweep.config import SWEEP_LIVELOCK, make_configs, parse_events, split_list
+    from emulator.sweep.executors import check_executor, cpu_count
     if args.inject:
         raise UsageError("sweep: --inject is not used (the sweep injects --events at every boundary)")
     if args.calls is not None:
         raise UsageError("sweep: use --calls-before K (calls that warm the state before the swept call)")
     if args.scenario not in (None, "none"):
         raise UsageError("sweep: --scenario is not used")
-    sizes = _sizes(args.size) or (MUTANT_SIZES if mutants else DEFAULT_SIZES)
-    for s in sizes:
-        if not 0 <= s <= 1 << 20:
-            raise UsageError(f"--size {s}: out of range for a sweep (0..{1 << 20})")
-    cbs = _ints(args.calls_before, "--calls-before") or (MUTANT_CALLS_BEFORE if mutants else [1])
-    for k in cbs:
-        if not 0 <= k <= 1000:
-            raise UsageError(f"--calls-before {k}: out of range (0..1000)")
+    if args.state_offset is not None:
+        raise UsageError("sweep: use --placements start,end,straddle (where the state sits in its page)")
+    if args.prefault:
+        raise UsageError("sweep: --prefault is not used (the sweep's caller buffer is always resident)")
+    sizes = (_ints(args.size, "--size", 0, 1 << 20) if args.size is not None
+             else MUTANT_SIZES if mutants else DEFAULT_SIZES)
+    cbs = (_ints(args.calls_before, "--calls-before", 0, 1000) if args.calls_before is not None
+           else MUTANT_CALLS_BEFORE if mutants else [1])
     if not 0 <= args.after <= 100:
         raise UsageError(f"--after {args.after}: out of range (0..100)")
     livelock = args.livelock if args.livelock is not None else SWEEP_LIVELOCK
     if not 2 <= livelock <= 1_000_000:
-        raise UsageError(f"--livelock {livelock}: out of range")
+        raise UsageError(f"--livelock {livelock}: out of range (2..1000000)")
     events = parse_events(args.events, livelock)
-    spec = args.placements or (MUTANT_PLACEMENTS if mutants else "start,end,straddle")
-    placements = [p.strip() for p in spec.split(",") if p.strip()]
-    if not placements:
-        raise UsageError("--placements: none given")
-    if not 16 <= args.memory <= 1 << 22:
-        raise UsageError(f"--memory {args.memory}: out of range")
+    placements = split_list(args.placements if args.placements is not None
+                            else MUTANT_PLACEMENTS if mutants else "start,end,straddle", "--placements")
+    if not 16 <= args.memory <= MAX_PAGES:
+        raise UsageError(f"--memory {args.memory}: out of range (16..{MAX_PAGES} pages)")
+    if not 0 <= args.swap <= MAX_PAGES:
+        raise UsageError(f"--swap {args.swap}: out of range (0..{MAX_PAGES} pages)")
+    if not 0 <= args.flags < 1 << 32:
+        raise UsageError(f"--flags {args.flags:#x}: out of range (a 32-bit value)")
+    if args.max_report is not None and args.max_report < 0:
+        raise UsageError(f"--max-report {args.max_report}: must be 0 or more")
+    if args.max_report is not None and mutants:
+        raise UsageError("sweep --mutants: --max-report is not used (the mutant table shows one example each)")
+    check_executor(args.executor)
     configs = make_configs(sizes, placements, cbs, args.droppable_oom, seed=args.seed, memory_pages=args.memory,
-                           swap_pages=args.swap, flags=args.flags, after=args.after, livelock_limit=livelock)
-    from emulator.sweep.executors import cpu_count
+                           swap_pages=args.swap, flags=args.flags, after=args.after, livelock_limit=livelock,
+                           profile=_profile(args.profile))
     jobs = cpu_count() if args.jobs is None else args.jobs
     if not 0 <= jobs <= 1024:
         raise UsageError(f"--jobs {jobs}: out of range (0..1024)")
@@ -125,7 +148,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     res = sweep(image, spec, opts["configs"], opts["events"], jobs=opts["jobs"], executor=args.executor,
                 progress=args.progress)
     out = sys.stderr if args.json_path == "-" else sys.stdout
-    print(res.format(args.max_report), file=out)
+    print(res.format(MAX_REPORT if args.max_report is None else args.max_report), file=out)
     if args.json_path:
         _write_json(args.json_path, res.as_dict())
     return 1 if res.failed else 0

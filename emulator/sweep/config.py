@@ -3,7 +3,8 @@ events injected at every boundary, and where the state sits in its page.
 
 A *configuration* is one process set-up: image, request size, where the state
 sits in its page (start, end, straddling two pages), how many calls warmed it
-(--calls-before) and the OOM design.  The events:
+(--calls-before), the OOM design and the cycle profile (which prices every
+run: the records carry the swept call's cycles).  The events:
 
   drop       reclaim drops every droppable page (the state reads as zeros)
   oom        memory pressure: the droppable pages are dropped *and* every
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emulator.cycles.profile import DEFAULT_PROFILE
 from emulator.errors import UsageError
 from vdso.abi import STATE_SIZE
 from vdso.image import PAGE_SIZE
@@ -44,6 +46,7 @@ class SweepConfig:
     flags: int = 0
     after: int = 1
     livelock_limit: int = SWEEP_LIVELOCK
+    profile: str = DEFAULT_PROFILE      # a profile name, or an absolute .toml path
 
     @property
     def straddles(self) -> bool:
@@ -56,21 +59,29 @@ class SweepConfig:
 
 def make_configs(sizes: list[int], placements: list[str], calls_before: list[int], policy: str, *, seed: int = 0,
                  memory_pages: int = 4096, swap_pages: int = 0, flags: int = 0, after: int = 1,
-                 livelock_limit: int = SWEEP_LIVELOCK) -> list[SweepConfig]:
+                 livelock_limit: int = SWEEP_LIVELOCK, profile: str = DEFAULT_PROFILE) -> list[SweepConfig]:
     for p in placements:
         if p not in PLACEMENTS:
             raise UsageError(f"--placements {p!r}: one of {', '.join(PLACEMENTS)}")
-    return [SweepConfig(size, p, cb, policy, seed, memory_pages, swap_pages, flags, after, livelock_limit)
+    return [SweepConfig(size, p, cb, policy, seed, memory_pages, swap_pages, flags, after, livelock_limit, profile)
             for size in sizes for cb in calls_before for p in placements]
+
+
+def split_list(spec: str, what: str) -> list[str]:
+    """The items of a comma list.  An empty list or an empty item (`drop,,`)
+    is a mistake to report, not a request for the defaults."""
+    items = [p.strip() for p in spec.split(",")]
+    if not spec.strip():
+        raise UsageError(f"{what} {spec!r}: empty")
+    if not all(items):
+        raise UsageError(f"{what} {spec!r}: an empty item in the comma list")
+    return items
 
 
 def parse_events(spec: str, livelock_limit: int) -> list[str]:
     """--events: a comma list of events (oom:K checked against the livelock limit) or all."""
     out: list[str] = []
-    for part in spec.split(","):
-        ev = part.strip()
-        if not ev:
-            continue
+    for ev in split_list(spec, "--events"):
         if ev == "all":
             out.extend(e for e in EVENTS_ALL if e not in out)
             continue
@@ -89,7 +100,5 @@ def parse_events(spec: str, livelock_limit: int) -> list[str]:
             raise UsageError(f"--events {ev!r}: unknown event (one of: {', '.join(EVENT_KINDS)}, all)")
         if ev not in out:
             out.append(ev)
-    if not out:
-        raise UsageError("--events: no events")
     return out
 

@@ -34,14 +34,19 @@ from emulator.sweep.worker import execute_task, serve_pipe
 STDERR_TAIL = 4096       # bytes of a dead worker's stderr searched for its last words
 
 
+def check_executor(spec: str) -> None:
+    """Refuse a malformed --executor before any work starts."""
+    if spec not in ("local", "inline") and not (spec.startswith("dask://") and spec[len("dask://"):]):
+        raise UsageError(f"--executor {spec!r}: expected local or dask://HOST:PORT")
+
+
 def make_executor(spec: str, jobs: int):
-    if spec in ("", "local", None):
+    check_executor(spec)
+    if spec == "local":
         return InlineExecutor() if jobs == 0 else LocalExecutor(jobs)
     if spec == "inline":
         return InlineExecutor()
-    if spec.startswith("dask://"):
-        return DaskExecutor(spec)
-    raise UsageError(f"--executor {spec!r}: expected local or dask://HOST:PORT")
+    return DaskExecutor(spec)
 
 
 # --------------------------------------------------------------------------

@@ -84,8 +84,9 @@ class Harness:
         size = cfg.size
         rc = RunConfig(image=image, sizes=[max(size, 1)], calls=1, seed=cfg.seed, memory_pages=cfg.memory_pages,
                        swap_pages=cfg.swap_pages, droppable_oom=cfg.droppable_oom,
-                       livelock_limit=cfg.livelock_limit)
+                       livelock_limit=cfg.livelock_limit, profile=cfg.profile)
         self.kernel, self.m, self.caller = new_process(rc)
+        self.image = self.kernel.image          # as placed in the process: rips symbolise against it
         m, caller = self.m, self.caller
         if cfg.placement == "start":
             self.state = caller.states[0]
@@ -222,7 +223,7 @@ class Harness:
         obs.memory = memory_diff(self.pre, self.changed_pages(m), self.allowed(), set())
         v = judge.judge(obs)
         return BaselineRecord(0, self.n, v.cls, [x.as_dict() for x in v.violations],
-                              [x.as_dict() for x in self.warm_violations], c.result.ret)
+                              [x.as_dict() for x in self.warm_violations], c.result.ret, c.result.cycles)
 
     def allowed(self, extra: list[tuple[int, int]] = (), rsp: int | None = None) -> list[tuple[int, int]]:
         size = self.cfg.size
@@ -235,13 +236,16 @@ class Harness:
         if self.n is None or self.n != task.n:
             self.baseline()
         m = self.m
-        c = self.S0.restore(m)
-        c.budget = WALK_BUDGET
-        if task.start:
-            m.run(c, stop_at=task.start)
-        snap = CallSnapshot(m, c)
-        i = task.start
-        while True:
+        for i in range(task.start, task.stop):
+            # Boundary i is reached from S0 in one run, never by stepping from
+            # i - 1: the cycle model charges every stop, so a path through i
+            # earlier stops would price the call by how the walk was chunked.
+            # One stop at i is what `faultpath run --inject EVENT@K:i` makes.
+            c = self.S0.restore(m)
+            c.budget = WALK_BUDGET
+            if i:
+                m.run(c, stop_at=i)
+            snap = CallSnapshot(m, c)
             rip = SENTINEL_PAGE if c.done else c.rip
             for ei, ev in enumerate(task.events):
                 if (i, ev) in task.skip:
@@ -254,12 +258,6 @@ class Harness:
                     rec = RunRecord(task.ci, i, ev, "crash", rip, [{"invariant": "crash", "call": "harness",
                                                                    "detail": f"{type(e).__name__}: {e}"}])
                 emit(rec)
-            if i + 1 >= task.stop:
-                break
-            c = snap.restore(m)
-            m.run(c, stop_at=i + 1)
-            snap = CallSnapshot(m, c)
-            i += 1
 
     def one_run(self, snap: "CallSnapshot", i: int, event: str, rip: int, ci: int) -> RunRecord:
         m, kernel, cfg = self.m, self.kernel, self.cfg
@@ -338,7 +336,11 @@ class Harness:
                 kernel.restore_state(ks)
                 verdicts += self.further(m, "child", judge)
         self.last_observations = [o for o, _ in verdicts]
-        return self.classify(ci, i, event, rip, verdicts, {o.label for o in swept})
+        cycles = c.result.cycles if outer_alive and c.done else None
+        rec = self.classify(ci, i, event, rip, verdicts, {o.label for o in swept}, cycles)
+        if rec.outcome == "violation":
+            rec.where = symbolize(self.image, rip)
+        return rec
 
     def further(self, m: Machine, pname: str, judge: Judge, oom_first: bool = False) -> list[tuple[CallObs, Verdict]]:
         """The process's further calls.  The last one is memoised: a fresh call's
@@ -387,17 +389,17 @@ class Harness:
         return tuple(out)
 
     @staticmethod
-    def classify(ci, i, event, rip, verdicts, swept_labels) -> RunRecord:
+    def classify(ci, i, event, rip, verdicts, swept_labels, cycles: float | None = None) -> RunRecord:
         viol = [x.as_dict() for _, v in verdicts for x in v.violations]
         if viol:
-            return RunRecord(ci, i, event, "violation", rip, viol)
+            return RunRecord(ci, i, event, "violation", rip, viol, cycles=cycles)
         lv = [v.livelock for _, v in verdicts if v.cls == "livelock"]
         if lv:
-            return RunRecord(ci, i, event, "livelock", rip, [], lv[0])
+            return RunRecord(ci, i, event, "livelock", rip, [], lv[0], cycles)
         rank = {"ok-fast": 0, "ok-efault": 1, "ok-reseed": 2, "ok-fallback": 3}
         cls = max((v.cls for o, v in verdicts if o.label in swept_labels), key=lambda x: rank.get(x, 0),
                   default="ok-fast")
-        return RunRecord(ci, i, event, cls, rip)
+        return RunRecord(ci, i, event, cls, rip, cycles=cycles)
 
     def reenter(self, c: CallContext, label: str) -> tuple[CallObs, int]:
         """A signal handler's complete getrandom call with the same state (see

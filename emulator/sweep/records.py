@@ -36,6 +36,8 @@ class RunRecord:
     rip: int = 0
     violations: list[dict] = field(default_factory=list)
     livelock: str = ""
+    cycles: float | None = None                     # the swept call's, under the profile (None: it never ended)
+    where: str = ""                                 # a violation's rip, symbolised where the image was placed
 
 
 @dataclass
@@ -46,6 +48,7 @@ class BaselineRecord:
     violations: list[dict] = field(default_factory=list)
     warm_violations: list[dict] = field(default_factory=list)
     ret: int | None = None
+    cycles: float | None = None                     # the undisturbed swept call's
 
 
 def crash_record(task: SweepTask, i: int, ev: str, why: str) -> RunRecord | BaselineRecord:

@@ -3,9 +3,11 @@ and the one-line reproduction of any run."""
 from __future__ import annotations
 
 import shlex
+import statistics
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
+from emulator.cycles.profile import DEFAULT_PROFILE
 from emulator.sweep.config import PLACEMENTS, SweepConfig
 from emulator.sweep.oracle import OUTCOMES
 from emulator.sweep.records import BaselineRecord, RunRecord
@@ -37,6 +39,19 @@ class SweepResult:
         for r in self.records:
             out[self.configs[r.ci].size][r.event][r.outcome] += 1
         return out
+
+    def cycle_stats(self) -> dict[int, dict[str, tuple[float, float]]]:
+        """size -> event -> (median, max) of the swept call's cycles under the
+        profile, over the runs whose swept call ended ("none": the baselines)."""
+        seen: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for ci, b in self.baselines.items():
+            if b.cycles is not None:
+                seen[self.configs[ci].size]["none"].append(b.cycles)
+        for r in self.records:
+            if r.cycles is not None:
+                seen[self.configs[r.ci].size][r.event].append(r.cycles)
+        return {size: {ev: (statistics.median(xs), max(xs)) for ev, xs in evs.items()}
+                for size, evs in seen.items()}
 
     def outcome_totals(self) -> Counter:
         c = Counter(r.outcome for r in self.records)
@@ -70,6 +85,8 @@ class SweepResult:
         return repro_command(self.image_spec, cfg, r.event, r.i, n)
 
     def where(self, r: RunRecord) -> str:
+        if r.where:
+            return r.where
         if self.image_obj is None:
             return f"{r.rip:#x}"
         return symbolize(self.image_obj, r.rip)
@@ -77,12 +94,15 @@ class SweepResult:
     # ---- output -------------------------------------------------------------------
     def as_dict(self) -> dict:
         counts = {str(size): {ev: dict(c) for ev, c in evs.items()} for size, evs in sorted(self.counts().items())}
+        cycles = {str(size): {ev: {"median": med, "max": top} for ev, (med, top) in evs.items()}
+                  for size, evs in sorted(self.cycle_stats().items())}
         return {
             "image": self.image, "image_spec": self.image_spec, "events": self.events,
             "elapsed_s": round(self.elapsed, 3), "jobs": self.jobs, "executor": self.executor,
-            "runs": self.runs, "outcomes": dict(self.outcome_totals()), "counts": counts,
+            "runs": self.runs, "outcomes": dict(self.outcome_totals()), "counts": counts, "cycles": cycles,
             "configs": [dict(asdict(cfg), n=self.baselines[ci].n if ci in self.baselines else None,
                              baseline=self.baselines[ci].outcome if ci in self.baselines else None,
+                             cycles=self.baselines[ci].cycles if ci in self.baselines else None,
                              baseline_violations=(self.baselines[ci].violations + self.baselines[ci].warm_violations)
                              if ci in self.baselines else [])
                         for ci, cfg in enumerate(self.configs)],
@@ -96,7 +116,7 @@ class SweepResult:
         cfg = self.configs[r.ci]
         return {"size": cfg.size, "placement": cfg.placement, "calls_before": cfg.calls_before,
                 "droppable_oom": cfg.droppable_oom, "boundary": r.i, "event": r.event, "rip": hex(r.rip),
-                "instruction": self.where(r), "outcome": r.outcome,
+                "instruction": self.where(r), "outcome": r.outcome, "cycles": r.cycles,
                 "invariants": sorted({v["invariant"] for v in r.violations}), "violations": r.violations,
                 "reproduce": self.repro(r)}
 
@@ -114,7 +134,7 @@ class SweepResult:
         places = sorted({c.placement for c in self.configs}, key=list(PLACEMENTS).index)
         cbs = sorted({c.calls_before for c in self.configs})
         lines.append(f"faultpath sweep: image={self.image} droppable-oom={cfg0.droppable_oom if cfg0 else '?'} "
-                     f"events={','.join(self.events)}")
+                     f"events={','.join(self.events)} profile={cfg0.profile if cfg0 else '?'}")
         lines.append(f"  sizes {','.join(map(str, sizes))}; states at {','.join(places)}; "
                      f"calls before {','.join(map(str, cbs))}; {cfg0.after if cfg0 else 0} further call(s)")
         lines.append(f"  {len(self.configs)} configurations, {self.runs} runs in {self.elapsed:.1f} s "
@@ -122,15 +142,18 @@ class SweepResult:
         counts = self.counts()
         cols = [o for o in OUTCOMES if o in ("ok-fast", "ok-reseed", "ok-fallback", "livelock", "violation")
                 or any(counts[s][e][o] for s in counts for e in counts[s])]
+        cycles = self.cycle_stats()
         for size in sizes:
             ns = ", ".join(f"{c.placement}/cb{c.calls_before}: n={self.baselines[ci].n}"
                            for ci, c in enumerate(self.configs) if c.size == size and ci in self.baselines)
             lines.append("")
             lines.append(f"size {size} ({ns})")
-            lines.append("  " + f"{'event':<10}" + "".join(f"{c:>12}" for c in cols))
+            lines.append("  " + f"{'event':<10}" + "".join(f"{c:>12}" for c in cols) + f"{'cycles med/max':>20}")
             for ev in ["none"] + self.events:
                 cnt = counts[size].get(ev, Counter())
-                lines.append("  " + f"{ev:<10}" + "".join(f"{cnt[c]:>12}" for c in cols))
+                cyc = cycles.get(size, {}).get(ev)
+                cyc_text = f"{cyc[0]:.0f}/{cyc[1]:.0f}" if cyc else "-"
+                lines.append("  " + f"{ev:<10}" + "".join(f"{cnt[c]:>12}" for c in cols) + f"{cyc_text:>20}")
         sites = self.livelock_sites()
         if sites:
             lines.append("")
@@ -209,6 +232,8 @@ def repro_command(image_spec: str, cfg: SweepConfig, event: str, i: int, n: int,
         parts += ["--droppable-oom", cfg.droppable_oom]
     if cfg.flags:
         parts += ["--flags", hex(cfg.flags)]
+    if cfg.profile != DEFAULT_PROFILE:
+        parts += ["--profile", shlex.quote(cfg.profile)]
     if event == "oom":
         parts += ["--livelock", str(cfg.livelock_limit)]
     if cfg.placement != "start":

@@ -50,8 +50,9 @@ def harness_for(image: VdsoImage, cfg: SweepConfig) -> Harness:
             _HARNESSES.pop(next(iter(_HARNESSES))).close()
         h = _HARNESSES[key] = Harness(image, cfg, _STREAMS)
         # Every configuration of an image runs the same code: one per-block
-        # analysis (decode + cycle model) serves them all.  (Requested upstream.)
-        shared = _BLOCK_CACHES.setdefault(ikey, h.m.blocks)
+        # analysis (decode + cycle model) serves all those priced by the same
+        # profile.  (Requested upstream.)
+        shared = _BLOCK_CACHES.setdefault(ikey + (cfg.profile,), h.m.blocks)
         h.m.blocks = shared
     return h
 
