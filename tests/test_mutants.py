@@ -4,6 +4,7 @@ designed to break, while the unmutated code passes the same sweep."""
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 
@@ -71,6 +72,16 @@ def test_cli_mutants_kills_every_mutant(tmp_path, capsys):
     assert doc["all_killed"]
     for row in doc["mutants"]:
         assert row["killed"] and row["designed_invariant_fired"], row["name"]
-        assert row["example"]["reproduce"].startswith("faultpath step ")
+        assert row["example"]["reproduce"].startswith(("faultpath step ", "faultpath sweep "))
         assert row["name"] in out
     assert "designed to break" in out
+    # every example's reproduction line runs: a step session to the end of the
+    # call, or (a reentry, which the stepper cannot make) the sweep of that run
+    for row in doc["mutants"]:
+        cmd = shlex.split(row["example"]["reproduce"])
+        rc = cli_main(cmd[1:])
+        out = capsys.readouterr().out
+        if cmd[1] == "step":
+            assert rc == 0 and "ended: getrandom(" in out, (row["name"], out)
+        else:
+            assert rc == 1 and f"(breaks {row['example']['breaks']})" in out, (row["name"], out)

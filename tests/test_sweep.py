@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from emulator.records import Injection
 from emulator.sweep.config import EVENTS_ALL, SweepConfig, make_configs
 from emulator.sweep.coordinator import sweep
 from emulator.sweep.harness import CallSnapshot, Harness
-from emulator.sweep.report import repro_command
+from emulator.sweep.report import recheck_command, repro_command, steppable
 from vdso.asm_build import ASM_DIR, build_image
 from vdso.loader import load_image
 
@@ -254,7 +255,8 @@ def test_cli_sweep_json_and_exit_status(tmp_path, capsys):
                  ["sweep", "--size", ""], ["sweep", "--size", ","], ["sweep", "--calls-before", ""],
                  ["sweep", "--max-report", "-1"], ["sweep", "--state-offset", "3952"], ["sweep", "--prefault"],
                  ["sweep", "--executor", ""], ["sweep", "--executor", "dask://"], ["sweep", "--swap", "-1"],
-                 ["sweep", "--flags", "0x100000000"], ["sweep", "--mutants", "--max-report", "3"]):
+                 ["sweep", "--flags", "0x100000000"], ["sweep", "--mutants", "--max-report", "3"],
+                 ["sweep", "--boundaries", ""], ["sweep", "--boundaries", "5-3"], ["sweep", "--boundaries", "x"]):
         rc, out, err = _cli(argv + ["--jobs", "0"], capsys)
         assert rc == 2 and err.count("\n") == 1 and err.startswith("faultpath: error:"), (argv, err)
         assert out == "", (argv, out)
@@ -305,10 +307,19 @@ def test_cli_exit_1_and_a_reproduction_that_reproduces(tmp_path, capsys):
     rc, out, err = _cli(["sweep", "--image", MUTANT, "--size", "4", "--events", "drop", "--placements", "start",
                          "--jobs", "2", "--json", str(path)], capsys)
     assert rc == 1
-    assert "violations:" in out and "reproduce: faultpath step " in out
+    assert "violations:" in out and "reproduce (breaks Provenance in call 2 [parent]): faultpath step " in out
     doc = json.loads(path.read_text())
     v = next(x for x in doc["violations"] if "Provenance" in x["invariants"])
     assert "zeros" in v["violations"][0]["detail"]
+    assert v["breaks"] == "Provenance in call 2 [parent]"
+    # the recheck line sweeps that one run again: the same verdict
+    again = tmp_path / "again.json"
+    cmd = shlex.split(v["recheck"])
+    assert cmd[:2] == ["faultpath", "sweep"] and cmd[cmd.index("--boundaries") + 1] == str(v["boundary"])
+    rc, out, err = _cli(cmd[1:] + ["--json", str(again)], capsys)
+    assert rc == 1 and f"reproduce (breaks {v['breaks']}): " in out
+    redo = json.loads(again.read_text())
+    assert redo["runs"] == 1 and [x["violations"] for x in redo["violations"]] == [v["violations"]]
     # the same run through `faultpath run --json` (the stepper takes the same options)
     cmd = shlex.split(v["reproduce"])
     assert cmd[:2] == ["faultpath", "step"] and cmd[-2:] == ["-c", "faultstop off; continue"]
@@ -326,6 +337,22 @@ def test_cli_exit_1_and_a_reproduction_that_reproduces(tmp_path, capsys):
     assert all(not vd.violations for vd in verdicts[:-1])
 
 
+def test_a_reentry_is_reproduced_by_sweeping_its_one_run(tmp_path, capsys):
+    """The stepper cannot run a signal handler's nested call, so a reentry's
+    reproduction line is the sweep of that one run, and it reproduces."""
+    mutant = str(ASM_DIR / "mutants" / "no_in_use_check.patch")
+    path = tmp_path / "r.json"
+    rc, out, err = _cli(["sweep", "--image", mutant, "--size", "4", "--events", "reenter", "--placements", "start",
+                         "--jobs", "0", "--json", str(path)], capsys)
+    assert rc == 1
+    v = next(x for x in json.loads(path.read_text())["violations"] if "Reentrancy" in x["invariants"])
+    assert v["reproduce"] == v["recheck"] and "Reentrancy in call 2 [handler]" in v["breaks"]
+    rc, out, err = _cli(shlex.split(v["reproduce"])[1:] + ["--json", str(path)], capsys)
+    assert rc == 1, err
+    redo = json.loads(path.read_text())
+    assert [(x["boundary"], x["violations"]) for x in redo["violations"]] == [(v["boundary"], v["violations"])]
+
+
 def test_repro_command_shapes():
     cfg = SweepConfig(64, "end", 2, "retry", seed=5)
     assert repro_command("host", cfg, "oom", 10, 100) == (
@@ -336,6 +363,10 @@ def test_repro_command_shapes():
     # a first call under OOM: the caller's buffer must be resident, as in the sweep
     assert "--prefault" in repro_command("builtin", SweepConfig(4, calls_before=0), "oom:2", 7, 70)
     assert "--prefault" not in repro_command("builtin", SweepConfig(4, calls_before=0), "drop", 7, 70)
+    assert recheck_command("host", cfg, "reenter", 10) == (
+        "faultpath sweep --image host --size 64 --placements end --calls-before 2 --events reenter --boundaries 10 "
+        "--seed 5 --droppable-oom retry --jobs 1")
+    assert not steppable("reenter") and all(steppable(e) for e in EVENTS_ALL if e != "reenter")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("emulator.cli.step") is None, reason="faultpath step is not there")
@@ -353,6 +384,24 @@ def test_the_reproduction_runs_under_faultpath_step(tmp_path, capsys):
     assert "output: " in out_line
     output = bytes.fromhex(out_line.split("output: ")[1].split()[0])
     assert output.count(0) >= 2                  # the bytes of the wiped batch the oracle flagged
+
+
+@pytest.mark.skipif(importlib.util.find_spec("emulator.cli.step") is None, reason="faultpath step is not there")
+def test_a_reproduction_lists_the_events_in_the_order_they_happened(capsys):
+    """A mutant that writes the generation only after the reseed, its state
+    dropped at the reseed: the stepper lists the syscall (#38) before the
+    faults that follow it, not after the last one."""
+    img = load_image(str(ASM_DIR / "mutants" / "generation_after_reseed.patch"))
+    res = sweep(img, img.name, make_configs([4], ["start"], [0], "skip"), ["drop"], jobs=0, progress=False,
+                boundaries=[(38, 38)])
+    r, = res.violations
+    rc, out, err = _cli(shlex.split(res.repro(r))[1:], capsys)
+    assert rc == 0, err
+    events = [(m.group(1), int(m.group(2)))
+              for m in re.finditer(r"^(inject \S+|fault|syscall) at #(\d+)", out, re.M)]
+    kinds = {k for k, _ in events}
+    assert {"syscall", "fault", "inject drop"} <= kinds, out
+    assert [i for _, i in events] == sorted(i for _, i in events), out
 
 
 # ---------------------------------------------------------------- longer sweeps (CI)

@@ -35,6 +35,8 @@ def register(sub, parser_class) -> None:
     p.add_argument("--placements", default=None,
                    help="where the state sits: start of its page, end of its page, straddling two pages "
                         "(default start,end,straddle; with --mutants start,straddle)")
+    p.add_argument("--boundaries", default=None, metavar="I[-J],...",
+                   help="sweep only these instruction boundaries of the swept call (default: all, 0..n)")
     p.add_argument("--after", type=int, default=1, metavar="N",
                    help="further calls each process makes after the swept call (default 1)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
@@ -82,7 +84,7 @@ def _profile(spec: str) -> str:
 
 def _options(args: argparse.Namespace, mutants: bool) -> dict:
     from emulator.run import MAX_PAGES
-    from emulator.sweep.config import SWEEP_LIVELOCK, make_configs, parse_events, split_list
+    from emulator.sweep.config import SWEEP_LIVELOCK, make_configs, parse_boundaries, parse_events, split_list
     from emulator.sweep.executors import check_executor, cpu_count
     if args.inject:
         raise UsageError("sweep: --inject is not used (the sweep injects --events at every boundary)")
@@ -123,7 +125,8 @@ def _options(args: argparse.Namespace, mutants: bool) -> dict:
     jobs = cpu_count() if args.jobs is None else args.jobs
     if not 0 <= jobs <= 1024:
         raise UsageError(f"--jobs {jobs}: out of range (0..1024)")
-    return {"configs": configs, "events": events, "jobs": jobs}
+    boundaries = parse_boundaries(args.boundaries) if args.boundaries is not None else None
+    return {"configs": configs, "events": events, "jobs": jobs, "boundaries": boundaries}
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -146,7 +149,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = args.image or default_image_name()
     image = load_image(spec)
     res = sweep(image, spec, opts["configs"], opts["events"], jobs=opts["jobs"], executor=args.executor,
-                progress=args.progress)
+                progress=args.progress, boundaries=opts["boundaries"])
     out = sys.stderr if args.json_path == "-" else sys.stdout
     print(res.format(MAX_REPORT if args.max_report is None else args.max_report), file=out)
     if args.json_path:
@@ -188,7 +191,7 @@ def run_mutants(args: argparse.Namespace, files: list[str] | None = None) -> lis
         t0 = time.perf_counter()
         image = load_image(path)
         res = sweep(image, rel, opts["configs"], opts["events"], jobs=opts["jobs"], executor=args.executor,
-                    progress=args.progress)
+                    progress=args.progress, boundaries=opts["boundaries"])
         kills = res.kills()
         by_inv: dict[str, int] = {}
         by_event: dict[str, dict[str, int]] = {}
@@ -227,7 +230,7 @@ def format_mutants(rows: list[dict]) -> str:
             lines.append(f"  e.g. {ex['event']} at boundary {ex['boundary']} ({ex['instruction']}), size {ex['size']}, "
                          f"state at {ex['placement']}, {ex['calls_before']} call(s) before:")
             lines.append(f"    [{v['invariant']}] {v['call']}: {v['detail']}")
-            lines.append(f"    reproduce: {ex['reproduce']}")
+            lines.append(f"    reproduce (breaks {ex['breaks']}): {ex['reproduce']}")
     if any(r["killed"] and not r["designed_invariant_fired"] for r in rows):
         lines.append("* killed, but not by the invariant the mutant was designed to break")
     return "\n".join(lines)

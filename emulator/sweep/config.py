@@ -78,6 +78,27 @@ def split_list(spec: str, what: str) -> list[str]:
     return items
 
 
+def parse_boundaries(spec: str) -> list[tuple[int, int]]:
+    """--boundaries: a comma list of I or I-J (inclusive), as sorted, merged spans."""
+    spans = []
+    for item in split_list(spec, "--boundaries"):
+        lo, sep, hi = item.partition("-")
+        try:
+            a, b = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise UsageError(f"--boundaries {item!r}: expected I or I-J (instruction boundaries)") from None
+        if not 0 <= a <= b:
+            raise UsageError(f"--boundaries {item!r}: expected 0 <= I <= J")
+        spans.append((a, b))
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
 def parse_events(spec: str, livelock_limit: int) -> list[str]:
     """--events: a comma list of events (oom:K checked against the livelock limit) or all."""
     out: list[str] = []

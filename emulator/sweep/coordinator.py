@@ -19,19 +19,20 @@ from vdso.image import VdsoImage
 
 
 def plan_tasks(image: VdsoImage, configs: list[SweepConfig], baselines: dict[int, BaselineRecord],
-               events: list[str], jobs: int) -> list[SweepTask]:
-    """Every boundary of every configuration whose baseline ran, in chunks."""
-    total = sum(baselines[ci].n + 1 for ci in baselines if baselines[ci].outcome != "crash")
+               events: list[str], jobs: int, boundaries: list[tuple[int, int]] | None = None) -> list[SweepTask]:
+    """Every boundary (or those in the `boundaries` spans) of every
+    configuration whose baseline ran, in chunks."""
+    spans = {ci: [(0, b.n)] if boundaries is None else [(lo, min(hi, b.n)) for lo, hi in boundaries if lo <= b.n]
+             for ci, b in baselines.items() if b.outcome != "crash"}
+    total = sum(hi - lo + 1 for ss in spans.values() for lo, hi in ss)
     chunk = max(8, min(400, total // max(1, jobs * 6) or 1))
     tasks = []
     for ci, cfg in enumerate(configs):
-        b = baselines.get(ci)
-        if b is None or b.outcome == "crash":
-            continue
-        n = b.n
-        for s in range(0, n + 1, chunk):
-            tasks.append(SweepTask(1_000_000 + len(tasks), image, cfg, ci, "boundaries", s, min(n + 1, s + chunk),
-                                   tuple(events), n))
+        n = baselines[ci].n if ci in spans else 0
+        for lo, hi in spans.get(ci, ()):
+            for s in range(lo, hi + 1, chunk):
+                tasks.append(SweepTask(1_000_000 + len(tasks), image, cfg, ci, "boundaries", s,
+                                       min(hi + 1, s + chunk), tuple(events), n))
     # Longest configurations first keeps the workers busy to the end (and a
     # worker's chunks of one configuration reuse its harness).
     tasks.sort(key=lambda t: -t.n)
@@ -39,16 +40,19 @@ def plan_tasks(image: VdsoImage, configs: list[SweepConfig], baselines: dict[int
 
 
 def sweep(image: VdsoImage, image_spec: str, configs: list[SweepConfig], events: list[str], *,
-          jobs: int = 2, executor: str = "local", progress: bool | None = None) -> SweepResult:
-    """Sweep every configuration: its baseline, then every boundary x event."""
+          jobs: int = 2, executor: str = "local", progress: bool | None = None,
+          boundaries: list[tuple[int, int]] | None = None) -> SweepResult:
+    """Sweep every configuration: its baseline, then every boundary (or those
+    in the `boundaries` spans) x every event."""
     t0 = time.perf_counter()
     ex = make_executor(executor, jobs)
-    res = SweepResult(image.name, image_spec, configs, list(events), jobs=jobs, executor=ex.name, image_obj=image)
+    res = SweepResult(image.name, image_spec, configs, list(events), jobs=jobs, executor=ex.name, image_obj=image,
+                      boundaries=boundaries)
     try:
         base_tasks = [SweepTask(ci, image, cfg, ci, "baseline") for ci, cfg in enumerate(configs)]
         for _, rec in ex.run(base_tasks):
             res.baselines[rec.ci] = rec
-        tasks = plan_tasks(image, configs, res.baselines, list(events), jobs)
+        tasks = plan_tasks(image, configs, res.baselines, list(events), jobs, boundaries)
         total = sum(len(t.runs()) for t in tasks)
         bar = Progress(total, enabled=progress)
         try:

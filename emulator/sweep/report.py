@@ -8,7 +8,9 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 
 from emulator.cycles.profile import DEFAULT_PROFILE
-from emulator.sweep.config import PLACEMENTS, SweepConfig
+from emulator.errors import UsageError
+from emulator.inject import parse_kind
+from emulator.sweep.config import PLACEMENTS, SWEEP_LIVELOCK, SweepConfig
 from emulator.sweep.oracle import OUTCOMES
 from emulator.sweep.records import BaselineRecord, RunRecord
 from emulator.sweep.symbols import symbolize
@@ -27,6 +29,7 @@ class SweepResult:
     jobs: int = 1
     executor: str = "local"
     image_obj: VdsoImage | None = None
+    boundaries: list[tuple[int, int]] | None = None      # the spans swept (None: every boundary)
 
     @property
     def runs(self) -> int:
@@ -80,9 +83,15 @@ class SweepResult:
         return c
 
     def repro(self, r: RunRecord) -> str:
+        """The run under `faultpath step`, or, for an event the stepper cannot
+        make, the sweep of that one run."""
         cfg = self.configs[r.ci]
-        n = self.baselines[r.ci].n
-        return repro_command(self.image_spec, cfg, r.event, r.i, n)
+        if not steppable(r.event):
+            return self.recheck(r)
+        return repro_command(self.image_spec, cfg, r.event, r.i, self.baselines[r.ci].n)
+
+    def recheck(self, r: RunRecord) -> str:
+        return recheck_command(self.image_spec, self.configs[r.ci], r.event, r.i)
 
     def where(self, r: RunRecord) -> str:
         if r.where:
@@ -98,6 +107,7 @@ class SweepResult:
                   for size, evs in sorted(self.cycle_stats().items())}
         return {
             "image": self.image, "image_spec": self.image_spec, "events": self.events,
+            "boundaries": self.boundaries,
             "elapsed_s": round(self.elapsed, 3), "jobs": self.jobs, "executor": self.executor,
             "runs": self.runs, "outcomes": dict(self.outcome_totals()), "counts": counts, "cycles": cycles,
             "configs": [dict(asdict(cfg), n=self.baselines[ci].n if ci in self.baselines else None,
@@ -118,7 +128,7 @@ class SweepResult:
                 "droppable_oom": cfg.droppable_oom, "boundary": r.i, "event": r.event, "rip": hex(r.rip),
                 "instruction": self.where(r), "outcome": r.outcome, "cycles": r.cycles,
                 "invariants": sorted({v["invariant"] for v in r.violations}), "violations": r.violations,
-                "reproduce": self.repro(r)}
+                "reproduce": self.repro(r), "recheck": self.recheck(r), "breaks": broken(r.violations)}
 
     def livelock_sites(self) -> Counter:
         c: Counter = Counter()
@@ -136,9 +146,13 @@ class SweepResult:
         lines.append(f"faultpath sweep: image={self.image} droppable-oom={cfg0.droppable_oom if cfg0 else '?'} "
                      f"events={','.join(self.events)} profile={cfg0.profile if cfg0 else '?'}")
         lines.append(f"  sizes {','.join(map(str, sizes))}; states at {','.join(places)}; "
-                     f"calls before {','.join(map(str, cbs))}; {cfg0.after if cfg0 else 0} further call(s)")
+                     f"calls before {','.join(map(str, cbs))}; {cfg0.after if cfg0 else 0} further call(s)"
+                     + (f"; boundaries {','.join(f'{a}' if a == b else f'{a}-{b}' for a, b in self.boundaries)}"
+                        if self.boundaries is not None else ""))
         lines.append(f"  {len(self.configs)} configurations, {self.runs} runs in {self.elapsed:.1f} s "
                      f"({self.executor}, {self.jobs} job(s))")
+        if self.boundaries is not None and not self.records:
+            lines.append("  no boundary of --boundaries lies in a swept call's 0..n (n below)")
         counts = self.counts()
         cols = [o for o in OUTCOMES if o in ("ok-fast", "ok-reseed", "ok-fallback", "livelock", "violation")
                 or any(counts[s][e][o] for s in counts for e in counts[s])]
@@ -197,7 +211,7 @@ class SweepResult:
             lines.append(f"  [{invs}] event={r.event} {cfg.label()}: boundary {r.i} at {self.where(r)}{more}")
             for v in r.violations[:3]:
                 lines.append(f"      {v['call']}: [{v['invariant']}] {v['detail']}")
-            lines.append(f"      reproduce: {self.repro(r)}")
+            lines.append(f"      reproduce (breaks {broken(r.violations)}): {self.repro(r)}")
         return "\n".join(lines)
 
 
@@ -215,13 +229,21 @@ def _ranges(xs: list[int], limit: int = 6) -> str:
     return s + (",..." if len(out) > limit else "")
 
 
-def repro_command(image_spec: str, cfg: SweepConfig, event: str, i: int, n: int, tool: str = "step") -> str:
-    """One line that replays run (boundary i, event) under `faultpath step`
-    (or `faultpath run` with tool="run")."""
-    K = cfg.calls_before + 1
-    call, at = (K, i) if i < n else (K + 1, 0)
-    kinds = ["drop", event] if event.startswith("oom") else [event]
-    parts = ["faultpath", tool, "--image", shlex.quote(image_spec), "--size", str(cfg.size), "--calls", str(call)]
+def broken(violations: list[dict]) -> str:
+    """What a run broke, as its reproduction line restates it: each invariant
+    with the calls that broke it (a crash with its cause)."""
+    calls: dict[str, list[str]] = {}
+    for v in violations:
+        who = v["detail"] if v["invariant"] == "crash" else v["call"]
+        if who not in calls.setdefault(v["invariant"], []):
+            calls[v["invariant"]].append(who)
+    return "; ".join(f"crash: {', '.join(w)}" if inv == "crash" else f"{inv} in {', '.join(w)}"
+                     for inv, w in sorted(calls.items()))
+
+
+def _process_options(cfg: SweepConfig) -> list[str]:
+    """The options that set up a configuration's process, where not the default."""
+    parts = []
     if cfg.seed:
         parts += ["--seed", str(cfg.seed)]
     if cfg.memory_pages != 4096:
@@ -234,6 +256,27 @@ def repro_command(image_spec: str, cfg: SweepConfig, event: str, i: int, n: int,
         parts += ["--flags", hex(cfg.flags)]
     if cfg.profile != DEFAULT_PROFILE:
         parts += ["--profile", shlex.quote(cfg.profile)]
+    return parts
+
+
+def steppable(event: str) -> bool:
+    """Can `faultpath step --inject` make this event?  (A reentry is a signal
+    handler's whole nested call: only the sweep's harness makes one.)"""
+    try:
+        parse_kind("oom" if event.startswith("oom") else event)
+    except UsageError:
+        return False
+    return True
+
+
+def repro_command(image_spec: str, cfg: SweepConfig, event: str, i: int, n: int, tool: str = "step") -> str:
+    """One line that replays run (boundary i, event) under `faultpath step`
+    (or `faultpath run` with tool="run")."""
+    K = cfg.calls_before + 1
+    call, at = (K, i) if i < n else (K + 1, 0)
+    kinds = ["drop", event] if event.startswith("oom") else [event]
+    parts = ["faultpath", tool, "--image", shlex.quote(image_spec), "--size", str(cfg.size), "--calls", str(call)]
+    parts += _process_options(cfg)
     if event == "oom":
         parts += ["--livelock", str(cfg.livelock_limit)]
     if cfg.placement != "start":
@@ -245,3 +288,17 @@ def repro_command(image_spec: str, cfg: SweepConfig, event: str, i: int, n: int,
     if tool == "step":
         parts += ["-c", '"faultstop off; continue"']
     return " ".join(parts)
+
+
+def recheck_command(image_spec: str, cfg: SweepConfig, event: str, i: int) -> str:
+    """One line that runs (boundary i, event) again through the sweep: every
+    call of the run (further calls, a fork's child, a handler's nested call)
+    judged again, the verdict printed with its invariant."""
+    parts = ["faultpath", "sweep", "--image", shlex.quote(image_spec), "--size", str(cfg.size), "--placements",
+             cfg.placement, "--calls-before", str(cfg.calls_before), "--events", event, "--boundaries", str(i)]
+    parts += _process_options(cfg)
+    if cfg.after != 1:
+        parts += ["--after", str(cfg.after)]
+    if cfg.livelock_limit != SWEEP_LIVELOCK:
+        parts += ["--livelock", str(cfg.livelock_limit)]
+    return " ".join(parts + ["--jobs", "1"])
