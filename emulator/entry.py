@@ -12,15 +12,17 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from unicorn import UcError
+from unicorn import UC_ERR_READ_PROT, UcError
 from unicorn import x86_const as X
 
-from emulator import fault, inject, syscalls
+from emulator import blockhook, fault, inject, syscalls
 from emulator.errors import EmulationError, UnfaithfulInstruction
+from emulator.instrument import refusal
+from emulator.umip import fixup_umip_exception
 from emulator.kernel import SENTINEL_PAGE
-from emulator.records import CallContext, CallResult
-from emulator.task import CHUNK
+from emulator.records import CallContext, CallResult, PendingFault
 from emulator.trace import TraceEvent
+from emulator.traps import X86_TRAP_BP, X86_TRAP_GP, X86_TRAP_OF, X86_TRAP_UD, signal_for_trap
 from vdso.insn import decode_one
 
 if TYPE_CHECKING:
@@ -48,7 +50,7 @@ def run(m: "Task", ctx: CallContext, stop_at: int | None = None) -> None:
             target = min(target, ctx.injections[0].at)
         if stop_at is not None:
             target = min(target, stop_at)
-        run_chunk(m, ctx, max(1, min(CHUNK, target - ctx.index)))
+        run_until(m, ctx, target)
 
 
 def _continue_child(parent: "Task", ctx: CallContext, child: "Task") -> None:
@@ -72,24 +74,72 @@ def handle_pending_fault(m: "Task", ctx: CallContext) -> None:
     fault.do_user_addr_fault(m, ctx, pf, rip)
 
 
-def run_chunk(m: "Task", ctx: CallContext, chunk: int) -> None:
+def run_until(m: "Task", ctx: CallContext, target: int) -> None:
+    """One step of the loop: run toward instruction index `target` and handle
+    why the CPU stopped.  The native block hook stops before a block that
+    would overrun the target; when the target lies inside that block, one more
+    run with an exit at the target's address reaches it exactly (the block is
+    dropped from Unicorn's cache first: exits are decided when a block is
+    translated)."""
+    reason = _run_once(m, ctx, target - ctx.index, m.readahead_exit)
+    if ctx.done or ctx.pending_fault is not None or reason is None:
+        return
+    rec = m.recorder
+    if reason == blockhook.UNKNOWN:
+        learn_block(m, ctx.rip, rec.unknown_size)
+        return
+    if reason != blockhook.BUDGET:
+        return
+    left = target - ctx.index
+    known = rec.lookup(ctx.rip)
+    if left <= 0 or known is None or left >= known[1]:
+        return
+    start, size = ctx.rip, known[0]
+    stop = m.blocks.get(start | size << 48).insn_addrs[left]
+    rec.override(start, stop - start, left)
+    m.uc.ctl_remove_cache(start, start + size)
+    try:
+        _run_once(m, ctx, left, stop)
+    finally:
+        rec.restore(start)
+
+
+def learn_block(m: "Task", addr: int, size: int) -> None:
+    """First sight of a translated block, before it runs: analyse it, refuse
+    what Unicorn cannot run faithfully, hook the instructions it gets wrong,
+    and tell the native hook how many instructions it holds."""
+    info = m.blocks.get(addr | size << 48)
+    if info.unfaithful:
+        why = refusal(m.read(addr, size), addr)
+        if why is not None:
+            raise UnfaithfulInstruction(f"{why}, refused before it runs")
+    m.instrument(addr, size)
+    rep_tail = info.insn_addrs[-1] if info.rep_tail else 0
+    m.recorder.learn(addr, size, info.ninsns, rep_tail, rep_only=info.rep_tail and info.ninsns == 1)
+
+
+def _run_once(m: "Task", ctx: CallContext, remaining: int, exit_at: int | None) -> int | None:
+    """One emu_start from ctx.rip with `remaining` instructions of budget (and
+    an exit at exit_at, if any); then carry out what the stop means.  Returns
+    the native hook's stop reason, or None when the stop was handled here."""
     uc = m.uc
-    m.recorder.reset()
+    m.recorder.reset(max(0, remaining), ctx.rep_open or 0)
     m.fault = None
     m.fault_cpu = None
     m.syscall = None
+    m.exception = None
     m.hook_error = None
     m.mmu.hook_error = None
+    m.mmu.split_read = None
     m.mmu.journal.clear()
-    err = None
-    exit_at = m.readahead_exit
     m.readahead_exit = None
+    err = None
     try:
         if exit_at is not None:
-            # Stop translation at the page end (see the read-ahead note below).
+            # With exits enabled Unicorn ignores `until`: the sentinel joins them.
             uc.ctl_exits_enabled(True)
             uc.ctl_set_exits([SENTINEL_PAGE, exit_at])
-        uc.emu_start(ctx.rip, SENTINEL_PAGE, count=chunk)
+        uc.emu_start(ctx.rip, SENTINEL_PAGE)
     except UcError as e:
         err = e
     finally:
@@ -99,6 +149,14 @@ def run_chunk(m: "Task", ctx: CallContext, chunk: int) -> None:
     if hook_error is not None:
         raise EmulationError(f"error inside a Unicorn hook: {type(hook_error).__name__}: {hook_error}") \
             from hook_error
+    if m.mmu.split_read is not None and (m.fault is None or m.fault_cpu[0] == m.mmu.split_read[1]):
+        # A load into a sentinel page (emulator/mmu.py): the CPU faults there.
+        addr, rip, rflags, cpu = m.mmu.split_read
+        uc.context_restore(cpu)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, m.saved_flags.get(rip, rflags))
+        m.fault, m.fault_cpu = PendingFault("read", addr, 1), None
+        err = err or UcError(UC_ERR_READ_PROT)
+    pf = m.fault
     if err is not None and m.fault_cpu is not None:
         hook_rip, hook_flags, hook_ctx = m.fault_cpu
         if uc.reg_read(X.UC_X86_REG_RIP) != hook_rip:
@@ -110,13 +168,14 @@ def run_chunk(m: "Task", ctx: CallContext, chunk: int) -> None:
             uc.context_restore(hook_ctx)
             uc.reg_write(X.UC_X86_REG_RFLAGS, hook_flags)
         if hook_rip in m.saved_flags:
-            # rcl/rcr on memory update CF/OF before the store faults.
+            # A hooked instruction faulted: its hook saw the true flags
+            # (rcl/rcr also update CF/OF before the store faults).
             uc.reg_write(X.UC_X86_REG_RFLAGS, m.saved_flags[hook_rip])
     if m.syscall is not None:
         stop_rip = m.syscall.rip + 2
     else:
-        stop_rip = uc.reg_read(X.UC_X86_REG_RIP)
-    pf = m.fault
+        stop_rip = m.regs64.read(X.UC_X86_REG_RIP)
+    reason = m.recorder.reason
     if err is not None and pf is not None and pf.access == "exec" and pf.address != stop_rip \
             and exit_at is None:
         # Read-ahead: Unicorn translates past the end of a page before the
@@ -124,90 +183,141 @@ def run_chunk(m: "Task", ctx: CallContext, chunk: int) -> None:
         # translation time is not the CPU's fault yet.  Rerun with an exit at
         # the fault address: the instructions before it execute, and a real
         # fetch there faults with rip == address.
-        account(m, ctx, stop_rip)
+        account(m, ctx, stop_rip, partial=False)
         ctx.rip = stop_rip
         m.readahead_exit = pf.address
-        return
+        return None
     before = ctx.index
-    account(m, ctx, stop_rip)
+    stopped_in_block = err is not None or m.exception is not None
+    account(m, ctx, stop_rip, partial=stopped_in_block)
     if ctx.index != before:
         ctx.refaults = 0
         ctx.last_fault_key = None
+    ctx.rip = stop_rip
+    # A fault comes first: after a store done in a QEMU helper faults, the
+    # rest of its block still runs (and may trap) before Unicorn stops; the
+    # state was put back to the faulting instruction above.
+    if m.exception is not None and not (err is not None and pf is not None):
+        exc = m.exception
+        if exc.rip in m.saved_flags and exc.rip == stop_rip:
+            uc.reg_write(X.UC_X86_REG_RFLAGS, m.saved_flags[exc.rip])
+        if exc.rip != stop_rip:                 # a trap reported past its instruction
+            uc.reg_write(X.UC_X86_REG_RIP, exc.rip)
+            if exc.rip > stop_rip:
+                ctx.index += 1                  # ... which retired
+        cpu_trap(m, ctx, exc.trapno, exc.rip, exc.why)
+        return None
     if err is not None:
         if pf is None:
             cpu_exception(m, ctx, err, stop_rip)
-            return
-        ctx.rip = stop_rip
+            return None
         if pf.access == "write":
             # Precise exceptions: roll back what Unicorn committed of a split
             # store before anyone (handler, stepper, gdb) looks at memory.
             pf.restored = m.undo_partial_store(stop_rip)
         if ctx.stop_on_fault:
             ctx.pending_fault = (pf, stop_rip)
-            return
+            return None
         fault.do_user_addr_fault(m, ctx, pf, stop_rip)
-        return
+        return None
     if m.syscall is not None:
-        ctx.rip = stop_rip
         syscalls.do_syscall(m, ctx, m.syscall.rip)
-        return
-    ctx.rip = stop_rip
+        return None
     if stop_rip == SENTINEL_PAGE:
-        ctx.result.ret = uc.reg_read(X.UC_X86_REG_RAX)
+        ctx.result.ret = m.regs64.read(X.UC_X86_REG_RAX)
         if ctx.result.ret >= 1 << 63:
             ctx.result.ret -= 1 << 64
         m.finish(ctx, "returned")
+        return None
+    return reason
+
+
+def cpu_trap(m: "Task", ctx: CallContext, trapno: int, rip: int, why: str = "") -> None:
+    """A CPU exception in user mode: the signal Linux delivers for it (after
+    the kernel's own fixups: a UMIP-covered instruction is emulated)."""
+    if trapno == X86_TRAP_GP and fixup_umip_exception(m, ctx, rip):
+        return
+    code = m.read(rip, 15)
+    ins = decode_one(code, rip)
+    # `int n` reports rip past the instruction with vector n; the CPU raises
+    # #GP there (Linux's IDT gates have DPL 0 for every n but 3 and 4, which
+    # trap with rip past the instruction: SIGTRAP, and SIGSEGV for #OF).
+    prev = decode_one(m.read(rip - 2, 2), rip - 2) if rip >= 2 else None
+    if trapno not in (X86_TRAP_BP, X86_TRAP_OF) and prev is not None and prev.mnemonic == "int" \
+            and prev.size == 2 and int(prev.op_str, 0) == trapno:
+        rip = rip - 2
+        ins = prev
+        trapno = X86_TRAP_GP
+        why = why or "int n: gate not accessible from user mode"
+    ctx.rip = rip
+    text = ins.text if ins else code[:4].hex()
+    sig = signal_for_trap(trapno, rip, why or text)
+    _deliver(m, ctx, sig, text)
 
 
 def cpu_exception(m: "Task", ctx: CallContext, err: UcError, rip: int) -> None:
-    """An instruction the CPU refused (Unicorn: invalid instruction)."""
+    """Unicorn gave up on an instruction: #UD on the CPU (invalid opcode)."""
     code = m.read(rip, 15)
     ins = decode_one(code, rip)
     text = ins.text if ins else code[:4].hex()
-    m.trace.emit(TraceEvent(ctx.index, rip, "signal", {"signal": "SIGILL", "insn": text, "unicorn": str(err)}))
-    m.finish(ctx, "signal", f"SIGILL at {rip:#x} [{text}]: {err}")
+    sig = signal_for_trap(X86_TRAP_UD, rip, f"invalid opcode ({err})")
+    _deliver(m, ctx, sig, text)
 
 
-def account(m: "Task", ctx: CallContext, stop_rip: int) -> None:
-    """Turn the recorded blocks into retired instructions and cycles."""
+def _deliver(m: "Task", ctx: CallContext, sig, text: str) -> None:
+    m.trace.emit(TraceEvent(ctx.index, sig.rip, "signal", {"signal": sig.signal, "si_code": sig.code_name,
+                                                            "insn": text, "why": sig.why}))
+    m.force_sig(ctx, sig, f"{sig.signal} ({sig.code_name}) at {sig.rip:#x} [{text}]: {sig.why}")
+
+
+def account(m: "Task", ctx: CallContext, stop_rip: int, partial: bool) -> None:
+    """Turn the recorded blocks into retired instructions and cycles.  The last
+    block ran only up to stop_rip when the run stopped inside it (a fault, a
+    CPU exception); a stop at a block boundary means every recorded block ran."""
     entries = m.recorder.entries()
     if not entries:
         return
-    blocks = m.blocks
     # Fast path: order only matters for rep-string continuations and for the
     # last (possibly partial) block, so count identical entries in C and
     # multiply by their cached per-block figures.
-    counts = Counter(entries)
-    infos = {e: blocks.get(e) for e in counts}
-    if not any(i.rep_tail or i.unfaithful for i in infos.values()):
-        last = infos[entries[-1]]
-        ninsn = 0
-        cyc = 0.0
-        for e, c in counts.items():
-            info = infos[e]
-            ninsn += c * info.ninsns
-            cyc += c * info.prefix_cost[-1]
+    summary = m.block_summary
+    ninsn = 0
+    cyc = 0.0
+    for e, c in Counter(entries).items():
+        s = summary.get(e)
+        if s is None:
+            info = m.blocks.get(e)
+            s = summary[e] = (info.ninsns, info.prefix_cost[-1], info.rep_tail)
+        if s[2]:
+            return _account_in_order(m, ctx, entries, stop_rip, partial)
+        ninsn += c * s[0]
+        cyc += c * s[1]
+    if partial:
+        last = m.blocks.get(entries[-1])
         k = last.executed_before(stop_rip)
         ninsn -= last.ninsns - k
         cyc -= last.prefix_cost[-1] - last.prefix_cost[k]
-        ctx.index += ninsn
-        ctx.rep_open = None
-        ctx.cycles += cyc
-        ctx.result.instructions = ctx.index
-        return
+    ctx.index += ninsn
+    ctx.rep_open = None
+    ctx.cycles += cyc
+    ctx.result.instructions = ctx.index
+
+
+def _account_in_order(m: "Task", ctx: CallContext, entries: list[int], stop_rip: int, partial: bool) -> None:
+    """Blocks with a rep-string tail: each further element re-enters a
+    one-instruction block and is the same architectural instruction."""
+    blocks = m.blocks
     last = len(entries) - 1
     idx = ctx.index
     cyc = 0.0
     rep_open = ctx.rep_open
     for i, e in enumerate(entries):
         info = blocks.get(e)
-        if info.unfaithful:
-            raise UnfaithfulInstruction(f"{info.unfaithful} at {info.addr:#x} reached at run time")
         if rep_open is not None and info.addr == rep_open and info.ninsns == 1 and info.rep_tail:
             # another iteration of a rep string insn that is already counted
             cyc += info.rep_element_cost or blocks.rep_element_cost
             continue
-        k = info.executed_before(stop_rip) if i == last else info.ninsns
+        k = info.executed_before(stop_rip) if (i == last and partial) else info.ninsns
         idx += k
         cyc += info.prefix_cost[k]
         rep_open = info.insn_addrs[-1] if (info.rep_tail and k == info.ninsns) else None

@@ -20,12 +20,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from emulator.insn_fetch import insn_fetch_from_user, skip_length
+from emulator.instrument import effective_address, mem_descriptor
 from emulator.usercopy import fault_in_write
+from emulator.traps import BUS_ADRERR, SEGV_ACCERR, SEGV_MAPERR, X86_TRAP_PF, SignalInfo
 from emulator.records import (X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE, CallContext, FaultRecord,
                               PendingFault, append_fault)
 from mm import flags as F
+from mm.flags import PAGE_MASK, PAGE_SIZE
 from mm.smaps import vm_flags_str
-from vdso.insn import MAX_INSN_LEN, decode_one
+from capstone import CS_AC_READ, CS_AC_WRITE
+from capstone import x86 as cs_x86
+
+from vdso.insn import MAX_INSN_LEN, decode_one, disassembler, mem_operand_size
 
 if TYPE_CHECKING:
     from emulator.task import Task
@@ -139,15 +145,81 @@ def resolve_snapshot_cow(m: "Task", address: int, user: bool) -> bool:
 
 def do_user_addr_fault(m: "Task", ctx: CallContext, pf: PendingFault, rip: int) -> None:
     """A fault taken by user code at rip (the run loop stopped there)."""
-    if pf.access == "write" and resolve_snapshot_cow(m, pf.address, True):
-        ctx.rip = rip
-        return
     code = m.read(rip, MAX_INSN_LEN)
     ins = decode_one(code, rip)
-    rec = _new_record(m, ctx, pf.address, pf.access, rip, True,
+    access = pf.access
+    if access == "read" and _read_modify_write(code, rip):
+        # Unicorn performs a read-modify-write as a load, then a store; the CPU
+        # checks the access for writing up front and raises one #PF with W=1.
+        access = "write"
+    address = _cpu_fault_address(m, code, rip, pf.address, access)
+    if access == "write" and resolve_snapshot_cow(m, address, True):
+        ctx.rip = rip
+        return
+    rec = _new_record(m, ctx, address, access, rip, True,
                       ins.text if ins else "(undecodable)", ins.raw if ins else code[:1])
     rec.restored = pf.restored     # rolled back by the run loop at the stop
     _handle(m, ctx, rec, {})
+
+
+def _cpu_fault_address(m: "Task", code: bytes, rip: int, reported: int, access: str) -> int:
+    """The address the CPU reports (CR2) for this fault: of the pages the
+    access touches, the first one (in address order) the access is not
+    allowed on, at the first byte of the access in it.  Unicorn may report
+    another page (a read-modify-write it splits into a load, then a store),
+    or another byte (wide accesses split into pieces, maskmov* byte by byte,
+    a fetch)."""
+    if access == "exec":
+        return rip if not m.mmu.allows(rip, "exec") else reported & PAGE_MASK
+    page = reported & PAGE_MASK
+    for start, size in _access_spans(m, code, rip):
+        if not (start < page + PAGE_SIZE and start + size > page):
+            continue
+        va = start & PAGE_MASK
+        while va < start + size:
+            if not m.mmu.allows(va, access):
+                return max(start, va)
+            va += PAGE_SIZE
+        return max(start, page)
+    return reported
+
+
+def _access_spans(m: "Task", code: bytes, rip: int) -> list[tuple[int, int]]:
+    """(start, size) of each memory access the instruction at rip makes."""
+    md = disassembler(True)
+    reg = m.read_reg_by_name
+    spans = []
+    for ins in md.disasm(code, rip, 1):
+        for op in ins.operands:
+            if op.type == cs_x86.X86_OP_MEM:
+                size = mem_operand_size(ins.op_str) or op.size
+                spans.append((effective_address(reg, mem_descriptor(md, ins, op)), size))
+        mn = ins.mnemonic
+        if mn.startswith("maskmov"):
+            spans.append((reg("rdi"), 16 if mn == "maskmovdqu" else 8))
+        elif mn.startswith(("push", "call")):
+            width = 2 if 0x66 in bytes(ins.prefix) and mn.startswith("push") else 8
+            spans.append((reg("rsp") - width, width))
+        elif mn.startswith(("pop", "ret")):
+            spans.append((reg("rsp"), 8))
+    return spans
+
+
+def _read_modify_write(code: bytes, rip: int) -> bool:
+    """Whether the instruction's memory operand is both read and written
+    (add [m], r; lock xadd; xchg; inc; btc [m]...)."""
+    for ins in disassembler(True).disasm(code, rip, 1):
+        ops = ins.operands
+        if ins.mnemonic.split()[-1] in _RMW_MNEMONICS and ops and ops[0].type == cs_x86.X86_OP_MEM:
+            return True
+        return any(op.type == cs_x86.X86_OP_MEM and op.access & CS_AC_READ and op.access & CS_AC_WRITE
+                   for op in ops)
+    return False
+
+
+# Read-modify-writes whose memory operand capstone 5 marks read-only or
+# write-only (cmpxchg writes back even when the compare fails).
+_RMW_MNEMONICS = {"cmpxchg", "cmpxchg8b", "cmpxchg16b", "rcl", "rcr", "rol", "ror", "shl", "sal", "shr", "sar"}
 
 
 def do_kernel_uaccess_fault(m: "Task", ctx: CallContext, address: int, access: str, rip: int,
@@ -288,9 +360,18 @@ def _fixup(m: "Task", ctx: CallContext, rec: FaultRecord, detail: dict) -> None:
 
 
 def _end_signal(m: "Task", ctx: CallContext, rec: FaultRecord, sig: str, why: str) -> None:
+    """bad_area() / do_sigbus(): the signal a user fault ends in, with the si_code
+    the kernel gives it: SEGV_MAPERR where no VMA (or a guard marker) covers
+    the address, SEGV_ACCERR where one does but forbids the access,
+    BUS_ADRERR for VM_FAULT_SIGBUS; si_addr is the faulting address."""
     rec.decision = sig.lower()
-    m.charge(ctx, "signal", rec.rip, {"signal": sig, "why": why})
-    m.finish(ctx, "signal", f"{sig} ({why}): {rec.access} at {rec.address:#x}, rip={rec.rip:#x} [{rec.insn}]")
+    if sig == "SIGBUS":
+        code = BUS_ADRERR
+    else:
+        code = SEGV_ACCERR if why == "access error" else SEGV_MAPERR
+    info = SignalInfo(sig, code, rec.address, rec.rip, X86_TRAP_PF, why)
+    m.charge(ctx, "signal", rec.rip, {"signal": sig, "si_code": info.code_name, "why": why})
+    m.force_sig(ctx, info, f"{sig} ({why}): {rec.access} at {rec.address:#x}, rip={rec.rip:#x} [{rec.insn}]")
 
 
 def _record(ctx: CallContext, rec: FaultRecord, cyc0: float) -> None:

@@ -8,6 +8,8 @@ onto them (emulator/mmu.py).
 """
 from __future__ import annotations
 
+from unicorn import x86_const as X
+
 from emulator import entry, fault, syscalls
 from emulator.errors import EmulationError
 from emulator.kernel import SENTINEL_PAGE, Kernel
@@ -21,6 +23,8 @@ from mm.mm_struct import MM
 
 STACK_TOP = 0x7FFF_FFFF_0000
 STACK_SIZE = 64 * 1024
+_ARG_REGS = (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX, X.UC_X86_REG_R8,
+             X.UC_X86_REG_R9)       # SysV: the first six integer arguments
 
 
 class Machine(Task):
@@ -60,16 +64,12 @@ class Machine(Task):
     def prepare_call(self, func: int, args: list[int], size: int = 0,
                      injections: list[Injection] | None = None,
                      budget: int = DEFAULT_BUDGET) -> CallContext:
-        regs = ["RDI", "RSI", "RDX", "RCX", "R8", "R9"]
-        for r, v in zip(regs, args):
-            self.set_reg(r, v & 0xFFFF_FFFF_FFFF_FFFF)
         rsp = STACK_TOP - 256          # entry: (rsp + 8) % 16 == 0 after the return address push
         rsp -= 8
         ret = SENTINEL_PAGE.to_bytes(8, "little")
         if not store_if_writable(self, rsp, ret):      # the caller's frame is normally live
             self.user_write(rsp, ret)
-        self.set_reg("RSP", rsp)
-        self.set_reg("RIP", func)
+        self.regs64.write(list(zip(_ARG_REGS, args)) + [(X.UC_X86_REG_RSP, rsp), (X.UC_X86_REG_RIP, func)])
         res = CallResult(size=size, process=self.name)
         inj = sorted(injections or [], key=lambda i: i.at)
         res.injections = [str(i) for i in inj]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from emulator.traps import SignalInfo
+
 # x86 page-fault error code bits (arch/x86/include/asm/trap_pf.h)
 X86_PF_PROT = 1 << 0
 X86_PF_WRITE = 1 << 1
@@ -110,6 +112,7 @@ class CallResult:
     injections: list[str] = field(default_factory=list)
     children: list["CallResult"] = field(default_factory=list)
     process: str = "parent"
+    signal: "SignalInfo | None" = None     # the signal the call ended with (outcome "signal")
 
     def as_dict(self) -> dict:
         return {
@@ -120,6 +123,7 @@ class CallResult:
             "outcome": self.outcome, "outcome_detail": self.outcome_detail,
             "injections": self.injections, "process": self.process,
             "children": [c.as_dict() for c in self.children],
+            "signal": self.signal.as_dict() if self.signal is not None else None,
         }
 
 

@@ -12,25 +12,30 @@ access, a `syscall`): what that means is decided by the run loop
 from __future__ import annotations
 
 import copy
+import ctypes
 from dataclasses import dataclass
 from functools import lru_cache
 
-from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_MEM_PROT, UC_HOOK_MEM_UNMAPPED,
-                     UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_READ_PROT, UC_MEM_READ_UNMAPPED,
-                     UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_MODE_64, Uc)
+from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_PROT,
+                     UC_HOOK_MEM_UNMAPPED, UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_READ_PROT,
+                     UC_MEM_READ_UNMAPPED, UC_MEM_WRITE_PROT, UC_MEM_WRITE_UNMAPPED, UC_MODE_64, Uc)
 from unicorn import x86_const as X
+from unicorn.unicorn_py3 import unicorn as _ucmod
 
 from emulator.blockhook import BlockRecorder
+from emulator.cpu import enter_user_mode
 from emulator.cycles.blocks import BlockCache
 from emulator.errors import EmulationError
+from emulator.instrument import InsnHook, effective_address, hooks_for
 from emulator.kernel import Kernel
 from emulator.mmu import Mmu
 from emulator.records import DEFAULT_LIVELOCK, CallContext, PendingFault
 from emulator.trace import Trace, TraceEvent
+from mm.flags import PAGE_SIZE
 from mm.mm_struct import MM
 from vdso.insn import reachable_insns
 
-CHUNK = 1 << 16                 # instructions per count-bounded run (= block buffer capacity)
+CHUNK = 1 << 16                 # blocks recorded per run (the native hook's buffer)
 # Journal window at the end of a writable page.  A split store is one access of
 # at most 16 bytes (movups, cmpxchg16b, maskmovdqu; Unicorn may split a 16-byte
 # store into 8-byte halves, the first wholly before the page end), so 16 bytes
@@ -73,15 +78,43 @@ def _tail_window(image) -> int:
     return TAIL
 
 
-def _flag_clobbering_stores(image) -> list[int]:
-    """rcl/rcr with a memory destination: Unicorn 2.1.4 updates CF/OF before the
-    store faults, so their RFLAGS are saved before they run (measured by skipcheck)."""
-    return [off for off, m, ops in _image_code(image) if m in ("rcl", "rcr") and "ptr" in ops.split(",")[0]]
+class Regs64:
+    """Fast access to 64-bit general registers through Unicorn's C API (the
+    binding's reg_read/reg_write cost several microseconds each in Python:
+    most of a short call's set-up)."""
+
+    def __init__(self, uc):
+        self._uch = uc._uch
+        self._v = ctypes.c_uint64()
+        self._ref = ctypes.byref(self._v)
+        self._ids = (ctypes.c_int * 16)()
+        self._vals = (ctypes.c_uint64 * 16)()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * 16)(*[base + 8 * k for k in range(16)])
+
+    def read(self, reg_id: int) -> int:
+        _ucmod.uclib.uc_reg_read(self._uch, reg_id, self._ref)
+        return self._v.value
+
+    def write(self, pairs: list[tuple[int, int]]) -> None:
+        n = len(pairs)
+        for k, (r, v) in enumerate(pairs):
+            self._ids[k] = r
+            self._vals[k] = v & 0xFFFF_FFFF_FFFF_FFFF
+        _ucmod.uclib.uc_reg_write_batch(self._uch, self._ids, self._ptrs, n)
 
 
 @dataclass
 class PendingSyscall:
     rip: int
+
+
+@dataclass
+class PendingException:
+    """A CPU exception the task raised (UC_HOOK_INTR, or an instruction hook)."""
+    trapno: int
+    rip: int
+    why: str = ""
 
 
 class Task:
@@ -99,35 +132,48 @@ class Task:
         self.trace = Trace()
         self.livelock_limit = livelock_limit
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        enter_user_mode(self.uc)
+        self.regs64 = Regs64(self.uc)
         self.recorder = BlockRecorder(self.uc, CHUNK)
         self.blocks = BlockCache(self._read_code, kernel.profile)
         self.mmu = Mmu(self.uc, mm, kernel.special_mappings(), _tail_window(kernel.image),
-                       lambda: self.recorder.count)
+                       lambda: self.recorder.count, self.forget_code)
         # Why the CPU last stopped (filled by the hooks below, read by entry.py).
         self.fault: PendingFault | None = None
         self.fault_cpu = None              # CPU context at the first invalid access of a run
         self.syscall: PendingSyscall | None = None
         self.hook_error: BaseException | None = None
+        self.exception: PendingException | None = None
         self.readahead_exit: int | None = None
-        self.saved_flags: dict[int, int] = {}   # rip -> RFLAGS before an rcl/rcr on memory
-        for off in _flag_clobbering_stores(kernel.image):
-            # Only these few instructions get a code hook: not the default path.
-            self.uc.hook_add(UC_HOOK_CODE, self._save_flags, None, kernel.image.base + off,
-                             kernel.image.base + off)
+        self.saved_flags: dict[int, int] = {}   # rip -> RFLAGS as an instruction hook fired there
+        self.insn_hooks: dict[int, InsnHook] = {}
+        self._tool_hooks: dict[int, int] = {}     # hook handle -> address (hook_code)
+        self._insn_hook_handles: dict[int, int] = {}
+        self._summary: dict[int, tuple[int, float, bool]] = {}
+        self._summary_of = self.blocks
         self.children: list[Task] = []
         self.killed = False
         self.uc.hook_add(UC_HOOK_MEM_PROT | UC_HOOK_MEM_UNMAPPED, self._on_invalid)
         self.uc.hook_add(UC_HOOK_INSN, self._on_syscall, None, 1, 0, X.UC_X86_INS_SYSCALL)
-        self.uc.reg_write(X.UC_X86_REG_MXCSR, 0x1F80)   # the CPU's reset value (Unicorn starts at 0)
-        self.sync()
+        self.uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        self.mmu.sync_all()
+
+    @property
+    def block_summary(self) -> dict[int, tuple[int, float, bool]]:
+        """entry -> (instructions, cost, must be accounted in order), derived from
+        self.blocks (tools may swap in a shared BlockCache)."""
+        if self._summary_of is not self.blocks:
+            self._summary, self._summary_of = {}, self.blocks
+        return self._summary
 
     # ------------------------------------------------------------------ memory
     @property
     def tail(self) -> int:
         return self.mmu.tail
 
-    def sync(self, extra: set[int] | None = None) -> None:
-        """Bring Unicorn's mappings in line with mm's page tables."""
+    def sync(self, extra: list[tuple[int, int]] | None = None) -> None:
+        """Bring Unicorn's mappings in line with mm's page tables (extra: more
+        [start, end) ranges to look at)."""
         self.mmu.sync(extra)
 
     def sync_range(self, start: int, length: int) -> None:
@@ -166,11 +212,93 @@ class Task:
             self.hook_error = e
         return False
 
-    def _save_flags(self, uc, address, size, user_data) -> None:
+    def _on_interrupt(self, uc, intno, user_data) -> None:
+        """A CPU exception or `int n` at CPL 3: the task stops; entry.py turns it
+        into the signal Linux delivers (emulator/traps.py)."""
         try:
-            self.saved_flags[address] = uc.reg_read(X.UC_X86_REG_RFLAGS)
+            if self.exception is None:
+                self.exception = PendingException(intno, uc.reg_read(X.UC_X86_REG_RIP))
+            uc.emu_stop()
         except BaseException as e:
             self.hook_error = e
+
+    def _on_insn_hook(self, uc, address, size, ih: InsnHook) -> None:
+        try:
+            # Any code hook on an instruction that faults makes Unicorn unwind to
+            # stale lazy flags: keep the true ones (read right in a code hook).
+            self.saved_flags[address] = uc.reg_read(X.UC_X86_REG_RFLAGS)
+            if ih.kind == "fence":
+                if self.fault is not None:      # the helper store before us faulted
+                    uc.emu_stop()
+                return
+            if ih.kind == "raise" or (ih.kind == "align16" and effective_address(self.read_reg_by_name, ih.mem) % 16):
+                self.exception = PendingException(ih.trapno, address, ih.why)
+                uc.emu_stop()
+            elif ih.kind == "raise_after":          # a trap: it reports the next instruction
+                self.exception = PendingException(ih.trapno, address + ih.length, ih.why)
+                uc.emu_stop()
+        except BaseException as e:
+            self.hook_error = e
+
+    def forget_code(self, lo: int, hi: int) -> None:
+        """Code in [lo, hi) was unmapped or replaced: forget its blocks and
+        remove the instruction hooks learned there (new code at the same
+        addresses is met afresh)."""
+        self.recorder.forget(lo - PAGE_SIZE, hi)      # a TB may start on the page before
+        self.blocks.forget(lo - PAGE_SIZE, hi)
+        self._summary = {}
+        for addr in [a for a in self.insn_hooks if lo <= a < hi]:
+            del self.insn_hooks[addr]
+            self.uc.hook_del(self._insn_hook_handles.pop(addr))
+            self.saved_flags.pop(addr, None)
+
+    # ------------------------------------------------------------------ code hooks for tools
+    def hook_code(self, addr: int, callback) -> int:
+        """A code hook on one instruction, for a tool that asked for it (a
+        breakpoint): callback(task, address) runs before the instruction.
+
+        The hook makes Unicorn unwind to stale lazy flags if that instruction
+        faults, so RFLAGS are saved as it fires and the run loop puts them back.
+        Blocks already translated would not call a new hook (and keep calling a
+        deleted one): they are dropped from Unicorn's cache both ways."""
+        def fire(uc, address, size, user_data):
+            try:
+                self.saved_flags[address] = uc.reg_read(X.UC_X86_REG_RFLAGS)
+                callback(self, address)
+            except BaseException as e:     # Unicorn swallows exceptions raised in hooks
+                self.hook_error = e
+        h = self.uc.hook_add(UC_HOOK_CODE, fire, None, addr, addr)
+        self._tool_hooks[h] = addr
+        self.uc.ctl_remove_cache(addr, addr + 1)
+        return h
+
+    def unhook_code(self, h: int) -> None:
+        addr = self._tool_hooks.pop(h)
+        self.uc.hook_del(h)
+        self.uc.ctl_remove_cache(addr, addr + 1)
+        if addr not in self.insn_hooks and addr not in self._tool_hooks.values():
+            self.saved_flags.pop(addr, None)
+
+    def read_reg_by_name(self, name: str) -> int:
+        """A register by its capstone name (rax, r8d, fs_base...)."""
+        return self.uc.reg_read(getattr(X, f"UC_X86_REG_{name.upper()}"))
+
+    # ------------------------------------------------------------------ first sight of a block
+    def instrument(self, addr: int, size: int) -> bool:
+        """Install the instruction hooks a block needs (emulator/instrument.py)
+        before it first runs; True when the block's translation must be redone."""
+        added = False
+        for ih in hooks_for(self._read_code(addr, size), addr):
+            if ih.address in self.insn_hooks:
+                continue
+            self.insn_hooks[ih.address] = ih
+            self._insn_hook_handles[ih.address] = self.uc.hook_add(UC_HOOK_CODE, self._on_insn_hook, ih,
+                                                                   ih.address, ih.address)
+            added = True
+        if added:
+            # The TB was translated before we saw it: translate it again with the hooks.
+            self.uc.ctl_remove_cache(addr, addr + size)
+        return added
 
     def _on_syscall(self, uc, user_data) -> None:
         try:
@@ -210,6 +338,13 @@ class Task:
         ctx.result.outcome_detail = detail
         ctx.result.instructions = ctx.index
         ctx.result.cycles = ctx.cycles
+
+    def force_sig(self, ctx: CallContext, info, detail: str) -> None:
+        """force_sig_fault(): a synchronous signal for this task.  A task with no
+        handler for it dies of it, so the call ends with outcome "signal"
+        (a process with signal handlers overrides this to deliver it)."""
+        ctx.result.signal = info
+        self.finish(ctx, "signal", detail)
 
     def page_fault(self, ctx: CallContext, address: int, access: str, rip: int, what: str):
         """A kernel-mode access to a user address faulted (the uaccess trap):

@@ -234,3 +234,18 @@ def first_unfaithful(insns: dict[int, Insn]) -> Insn | None:
         if insn_unfaithful_reason(insns[a]):
             return insns[a]
     return None
+
+
+_PTR_SIZES = (("zmmword ptr", 64), ("ymmword ptr", 32), ("xmmword ptr", 16), ("xword ptr", 10),
+              ("tbyte ptr", 10), ("qword ptr", 8), ("dword ptr", 4), ("word ptr", 2), ("byte ptr", 1))
+
+
+def mem_operand_size(op_str: str) -> int | None:
+    """The size of an instruction's memory operand, from capstone's operand
+    text.  capstone 5's operand `size` field is wrong for some SSE forms (it
+    says 16 for comisd's 8-byte operand), while its printer names the size
+    the instruction really accesses."""
+    for word, size in _PTR_SIZES:
+        if word in op_str:
+            return size
+    return None

@@ -160,6 +160,15 @@ class BlockCache:
         self._by_end.clear()
         self._targets.clear()
 
+    def forget(self, lo: int, hi: int) -> None:
+        """Drop what is known of blocks overlapping [lo, hi): the code there was
+        unmapped or replaced (the shared cache is keyed by the code bytes too,
+        so only this cache's by-address views go stale)."""
+        mask = (1 << 48) - 1
+        self._cache = {e: i for e, i in self._cache.items() if not (e & mask) < hi or (e & mask) + (e >> 48) <= lo}
+        self._by_end = {end: i for end, i in self._by_end.items() if not i.addr < hi or end <= lo}
+        self._targets = {a for a in self._targets if not lo <= a < hi}
+
     def _loop_before(self, addr: int) -> tuple[int, bytes] | None:
         """(start, body) of the loop whose closing jcc ends right before addr, if
         any: addr is then where that loop exits to.  Found from the bytes alone
