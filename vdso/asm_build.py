@@ -31,6 +31,7 @@ vdso/elf_symbols.py reads any image's symbols back.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,8 @@ from vdso.cfi import CfiError, FunctionCfi, derive
 from vdso.elf_emit import emit, metadata_size
 from vdso.errors import AssemblyError
 from vdso.faithful import check_faithful, decode_range
-from vdso.image import ABI_6_11, ABI_V14, RNG_DATA_OFFSET_6_15, VDSO_BASE, ElfSymbol, VdsoImage
+from vdso.image import (ABI_6_11, ABI_V14, MAX_IMAGE_BYTES, RNG_DATA_OFFSET_6_15, VDSO_BASE, ElfSymbol,
+                        VdsoImage)
 from vdso.keystone_run import isolated
 from vdso.mutants import PATCH_SUFFIX, patched_sources
 
@@ -98,7 +100,7 @@ def build_image(kind_or_path: str, abi: str | None = None) -> VdsoImage:
         raise AssemblyError(f"{kind_or_path}: not an assembly source (expected "
                             f"{', '.join(BUILDS)}, a path ending in .s or a {PATCH_SUFFIX} over asm/)")
     path = Path(kind_or_path)
-    if not path.is_file():
+    if not os.path.lexists(path):   # anything else there is read, or refused, by vdso/files.py
         raise AssemblyError(f"{kind_or_path}: no such file")
     if kind_or_path.endswith(PATCH_SUFFIX):
         kind, files = _patched_build(path, kind_or_path)
@@ -166,6 +168,9 @@ def _build_image(name: str, files: list[Source], abi: str) -> VdsoImage:
     code, line_offsets, labels = Program(lines, first).assemble()
     if not code:
         raise AssemblyError(f"{files[0].display}: assembles to nothing")
+    if len(code) > MAX_IMAGE_BYTES:
+        raise AssemblyError(f"{files[0].display}: assembles to {len(code):#x} bytes, more than an image "
+                            f"may hold ({MAX_IMAGE_BYTES:#x})")
     in_code = image_symbols(lines, line_offsets, labels, len(code), 0)     # offsets in the code
     text_offset = _align(metadata_size(in_code, _functions(code, in_code)), text_align)
     if VDSO_BASE + text_offset != first:
@@ -180,7 +185,7 @@ def _build_image(name: str, files: list[Source], abi: str) -> VdsoImage:
     return VdsoImage(name=name, text=elf.data,
                      symbols={n: text_offset + off for n, off in labels.items()},
                      rng_data_offset=RNG_DATA_OFFSET_6_15, abi=abi, base=VDSO_BASE,
-                     rng_data_source="assembled",
+                     rng_data_source="assembled", fixed_base=True,
                      source_lines={text_offset + off: w for off, w in source_lines.items()})
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vdso.errors import AssemblyError
-from vdso.image import PAGE_SIZE
+from vdso.files import read_text
+from vdso.image import MAX_IMAGE_BYTES, PAGE_SIZE
 
 ASM_DIR = Path(__file__).resolve().parent.parent / "asm"
 PROJECT_DIR = ASM_DIR.parent
@@ -132,13 +133,15 @@ def display_name(path: Path) -> str:
         return str(path)
 
 
+# A source longer than this is no hand-written vDSO (asm/vgetrandom.s is ~20 KiB).
+MAX_SOURCE_BYTES = 4 << 20
+
+
 def read_source(path: Path, display: str | None = None) -> Source:
-    """A source file as the builder takes it; AssemblyError if unreadable."""
+    """A source file as the builder takes it (a regular UTF-8 text file of at
+    most MAX_SOURCE_BYTES, vdso/files.py); AssemblyError if unreadable."""
     display = display or display_name(path)
-    try:
-        return Source(display, path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise AssemblyError(f"{display}: cannot read: {e}") from None
+    return Source(display, read_text(str(path), limit=MAX_SOURCE_BYTES, label=display, error=AssemblyError))
 
 
 def strip_comments(text: str) -> list[str]:
@@ -213,31 +216,48 @@ def _statements(code: str) -> list[str]:
 
 
 # Keystone hangs on `.zero -1`, `.skip 0x100000000`, `.p2align 0x40`; refuse
-# such sizes up front.  Only plain numeric arguments can be checked.
-MAX_EMIT = 16 << 20
+# such sizes up front.  Only plain numeric arguments can be checked.  No
+# directive, and no sum of them (counting .rept), may emit more than an image
+# may hold (vdso/image.py MAX_IMAGE_BYTES): keystone would spend its whole
+# timeout building a buffer the loader then refuses.
+MAX_EMIT = MAX_IMAGE_BYTES
 
 
-def _check_size_directive(line: SourceLine, word: str, stmt: str) -> None:
+def _num_arg(text: str) -> int | None:
+    """A plain numeric argument (after normalize_numbers: 0x.. or 0b..)."""
+    text = text.strip()
+    if re.fullmatch(r"-?0x[0-9a-fA-F]+|-?0b[01]+", text):
+        return int(text, 0)
+    return None
+
+
+def _check_size_directive(line: SourceLine, word: str, stmt: str) -> int:
+    """Refuse an out-of-range size or alignment; the bytes the directive emits
+    when that is known from its text (0 otherwise)."""
     args = [a.strip() for a in stmt[len(word):].split(",")]
 
     def num(k):
-        if k < len(args) and re.fullmatch(r"-?0x[0-9a-fA-F]+|-?0b[01]+", args[k]):
-            return int(args[k], 0)
-        return None
+        return _num_arg(args[k]) if k < len(args) else None
     first = num(0)
     bad = None
+    emits = 0
     if word in (".zero", ".skip", ".space") and first is not None:
         bad = not 0 <= first <= MAX_EMIT
+        emits = first
     elif word == ".fill" and first is not None:
         size = num(1) if num(1) is not None else 1
         bad = not (0 <= first and 0 <= size <= 8 and first * size <= MAX_EMIT)
+        emits = first * size
     elif word.startswith(".p2align") and first is not None:
         bad = not 0 <= first <= 12
     elif word.startswith((".balign", ".align")) and first is not None:
         bad = not (0 <= first <= PAGE_SIZE)
+    elif word == ".org" and first is not None:
+        bad = not 0 <= first <= MAX_EMIT
     if bad:
         raise AssemblyError(f"{line.where}: `{line.raw}`: size out of range (at most "
                             f"{MAX_EMIT:#x} bytes of data, alignment at most a page)")
+    return emits if not bad else 0
 
 
 _TYPES = {"function": "FUNC", "object": "OBJECT", "notype": "NOTYPE"}
@@ -272,6 +292,8 @@ def parse(display: str, text: str, origins: list[tuple[str, int]] | None = None)
     lines: list[SourceLine] = []
     depth = 0
     macro_depth = 0
+    emitted = 0                 # data bytes the numeric directives emit, .rept counts applied
+    repeat = [1]                # the .rept multiplier of each open block
     for lineno, raw in enumerate(strip_comments(text), 1):
         file, num = origins[lineno - 1] if origins and lineno <= len(origins) else (display, lineno)
         line = SourceLine(file, num, depth=depth, in_macro=macro_depth > 0, raw=raw.strip())
@@ -306,20 +328,32 @@ def parse(display: str, text: str, origins: list[tuple[str, int]] | None = None)
                 continue
             if word in _DROPPED_DIRECTIVES or word.startswith(".cfi_"):
                 continue
+            if word == ".incbin":
+                raise AssemblyError(f"{line.where}: `{line.raw}`: .incbin is not supported (an image "
+                                    f"reads no other files; put the bytes in with .byte)")
             if word in _OPENERS:
                 kinds.append("open")
                 if word == ".macro":
                     macro_depth += 1
+                count = _num_arg(stmt[len(word):]) if word == ".rept" else None
+                repeat.append(repeat[-1] * max(count, 0) if count is not None else repeat[-1])
                 depth += 1
             elif word in _CLOSERS:
                 kinds.append("close")
                 if depth == 0:
                     raise AssemblyError(f"{line.where}: {word} without a matching opener")
                 depth -= 1
+                repeat.pop()
                 if word == ".endm":
                     macro_depth = max(0, macro_depth - 1)
             elif word in DATA_DIRECTIVES:
-                _check_size_directive(line, word, stmt)
+                if macro_depth == 0:       # a macro's body counts where it is used, if ever
+                    emitted += _check_size_directive(line, word, stmt) * repeat[-1]
+                else:
+                    _check_size_directive(line, word, stmt)
+                if emitted > MAX_IMAGE_BYTES:
+                    raise AssemblyError(f"{line.where}: `{line.raw}`: the data adds up to {emitted:#x} "
+                                        f"bytes, more than an image may hold ({MAX_IMAGE_BYTES:#x})")
                 kinds.append("data")
             elif word in ALIGN_DIRECTIVES:
                 _check_size_directive(line, word, stmt)

@@ -10,17 +10,19 @@ import ctypes
 import io
 import os
 
-from elftools.common.exceptions import ELFError
+from capstone import CsError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from vdso.errors import HostVdsoUnavailable, ImageError
-from vdso.image import PAGE_SIZE, VdsoImage
+from vdso.elf_check import check_elf, elf_errors
+from vdso.errors import FaultpathError, HostVdsoUnavailable, ImageError
+from vdso.files import read_bytes
+from vdso.image import MAX_IMAGE_BYTES, MAX_VVAR_BYTES, PAGE_SIZE, VdsoImage
 from vdso.rng_locate import locate_rng_data
 
 AT_SYSINFO_EHDR = 33
 GETRANDOM_SYMBOL = "__vdso_getrandom"
-MAX_VDSO_SIZE = 1 << 20     # real vDSOs are 2 pages; anything near 1 MiB is not one
+MAX_VDSO_SIZE = MAX_IMAGE_BYTES     # real vDSOs are 2 pages; anything near 1 MiB is not one
 
 
 def _host_vdso_bytes() -> bytes:
@@ -53,19 +55,23 @@ def _host_vdso_bytes() -> bytes:
 
 
 def _parse(raw: bytes, name: str) -> tuple[dict[str, int], int]:
-    """Symbols (offset from the load base) and the image's memory size."""
-    if len(raw) < 64 or raw[:4] != b"\x7fELF":
-        raise ImageError(f"{name}: not an ELF file")
+    """Symbols (offset from the load base) and the image's memory size.
+
+    check_elf has bounded every table against the file first; whatever
+    pyelftools still raises on a corrupt file (its own errors, construct's,
+    OverflowError from an offset it computed, ...) is the file's fault, not
+    ours, and becomes one ImageError line."""
+    check_elf(raw, name)
     try:
         elf = ELFFile(io.BytesIO(raw))
-        if elf.get_machine_arch() != "x64":
-            raise ImageError(f"{name}: not an x86-64 ELF ({elf.get_machine_arch()})")
         # Prelinked: the lowest PT_LOAD vaddr is the load base (0 for vDSOs).
         loads = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
         if not loads:
             raise ImageError(f"{name}: ELF has no PT_LOAD segment")
         lo = min(s["p_vaddr"] for s in loads)
         hi = max(s["p_vaddr"] + s["p_memsz"] for s in loads)
+        if hi - lo > MAX_VDSO_SIZE:
+            raise ImageError(f"{name}: image spans {hi - lo} bytes, too large for a vDSO")
         symbols: dict[str, int] = {}
         for sec in elf.iter_sections():
             if not isinstance(sec, SymbolTableSection):
@@ -74,39 +80,51 @@ def _parse(raw: bytes, name: str) -> tuple[dict[str, int], int]:
                 if sym.name and sym["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT", "STT_NOTYPE") \
                         and sym["st_shndx"] != "SHN_UNDEF" and sym["st_value"]:
                     symbols.setdefault(sym.name.split("@")[0], sym["st_value"] - lo)
-    except ELFError as e:
-        raise ImageError(f"{name}: malformed ELF: {e}") from None
-    except (ValueError, KeyError, IndexError, AssertionError) as e:
-        raise ImageError(f"{name}: malformed or truncated ELF ({type(e).__name__}: {e})") from None
-    if hi - lo > MAX_VDSO_SIZE:
-        raise ImageError(f"{name}: image spans {hi - lo} bytes, too large for a vDSO")
+    except FaultpathError:
+        raise
+    except elf_errors() as e:
+        raise ImageError(f"{name}: malformed ELF ({type(e).__name__}: {_one_line(e)})") from None
     return symbols, hi - lo
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else "no detail")[:200]
 
 
 def load_elf_bytes(raw: bytes, name: str) -> VdsoImage:
     symbols, memsz = _parse(raw, name)
     if GETRANDOM_SYMBOL not in symbols:
         raise ImageError(f"{name}: no {GETRANDOM_SYMBOL} symbol (kernel before 6.11, or not a vDSO)")
-    end = symbols[GETRANDOM_SYMBOL]
-    if end >= len(raw):
-        raise ImageError(f"{name}: {GETRANDOM_SYMBOL} lies beyond the end of the file (truncated?)")
     text = raw[:max(memsz, len(raw))]
     pad = (-len(text)) % PAGE_SIZE
     text = bytes(text) + b"\0" * pad
+    entry = symbols[GETRANDOM_SYMBOL]
+    if not 0 <= entry < min(len(raw), memsz):
+        raise ImageError(f"{name}: {GETRANDOM_SYMBOL} at {entry:#x} lies outside the image's "
+                         f"{min(len(raw), memsz):#x} bytes (truncated?)")
+    # Symbols the image cannot hold name nothing that could run: drop them.
+    symbols = {k: v for k, v in symbols.items() if 0 <= v < len(text)}
     img = VdsoImage(name=name, text=text, symbols=symbols, rng_data_offset=0)
-    img.rng_data_offset, img.rng_data_source = locate_rng_data(img)
+    try:
+        img.rng_data_offset, img.rng_data_source = locate_rng_data(img)
+    except (CsError, *elf_errors()) as e:           # capstone on arbitrary bytes
+        raise ImageError(f"{name}: cannot read {GETRANDOM_SYMBOL}'s code ({type(e).__name__})") from None
+    check_rng_data(img)
     return img
 
 
+def check_rng_data(img: VdsoImage) -> None:
+    """struct vdso_rng_data (generation u64, is_ready u8) must lie wholly below
+    the image, within the vvar pages a kernel puts there."""
+    off = img.rng_data_offset
+    if not -MAX_VVAR_BYTES <= off <= -16:
+        raise ImageError(f"{img.name}: vdso_rng_data at base{off:+#x} ({img.rng_data_source}): outside the "
+                         f"vvar area (16 bytes within {MAX_VVAR_BYTES // PAGE_SIZE} pages below the image)")
+
+
 def load_elf(path: str) -> VdsoImage:
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_VDSO_SIZE:
-            raise ImageError(f"{path}: {size} bytes, too large for a vDSO")
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ImageError(f"{path}: {e.strerror}") from None
+    raw = read_bytes(path, limit=MAX_VDSO_SIZE, label=path, error=ImageError)
     return load_elf_bytes(raw, path)
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import io
 
-from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.gnuversions import GNUVerSymSection
 
+from vdso.elf_check import check_elf, elf_errors
 from vdso.errors import ImageError
+from vdso.files import read_bytes
 from vdso.image import ElfSymbol, VdsoImage
 
 _TYPES = {"STT_FUNC": "FUNC", "STT_OBJECT": "OBJECT", "STT_NOTYPE": "NOTYPE"}
@@ -31,12 +32,13 @@ def image_elf(img: VdsoImage) -> tuple[bytes, list[ElfSymbol]]:
     return raw, read_symbols(raw, img.name)
 
 
+# A symbol file may be a whole unstripped vdso.so.dbg or a library: bigger
+# than an image, still bounded.
+MAX_SYMBOL_FILE_BYTES = 256 << 20
+
+
 def read_symbol_file(path: str) -> list[ElfSymbol]:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ImageError(f"{path}: {e.strerror}") from None
+    raw = read_bytes(path, limit=MAX_SYMBOL_FILE_BYTES, label=path, error=ImageError)
     return read_symbols(raw, path)
 
 
@@ -44,6 +46,7 @@ def read_symbols(raw: bytes, name: str = "<elf>") -> list[ElfSymbol]:
     """Code and data symbols (not section, file or absolute ones) of `.symtab`
     and `.dynsym`, each name once; a dynamic symbol carries its version.
     Offsets are from the lowest PT_LOAD address (0 for a prelinked vDSO)."""
+    check_elf(raw, name)
     try:
         elf = ELFFile(io.BytesIO(raw))
         loads = [s["p_vaddr"] for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
@@ -68,10 +71,9 @@ def read_symbols(raw: bytes, name: str = "<elf>") -> list[ElfSymbol]:
                     continue
                 out[plain] = ElfSymbol(plain, sym["st_value"] - lo, sym["st_size"], typ,
                                        _BINDS.get(sym["st_info"]["bind"], "LOCAL"), version)
-    except ELFError as e:
-        raise ImageError(f"{name}: malformed ELF: {e}") from None
-    except (ValueError, KeyError, IndexError, AssertionError) as e:
-        raise ImageError(f"{name}: malformed or truncated ELF ({type(e).__name__}: {e})") from None
+    except elf_errors() as e:         # a corrupt file, whatever pyelftools tripped on
+        msg = (str(e).strip().splitlines() or ["no detail"])[0][:200]
+        raise ImageError(f"{name}: malformed ELF ({type(e).__name__}: {msg})") from None
     return sorted(out.values(), key=lambda s: (s.offset, s.name))
 
 

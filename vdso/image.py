@@ -20,6 +20,14 @@ RNG_DATA_OFFSET_6_15 = -VVAR_PAGES * PAGE_SIZE
 # 6.11-6.14: vvar page + 640, the vvar area several pages below the text.
 RNG_DATA_OFFSET_6_11 = -VVAR_PAGES * PAGE_SIZE + 640
 
+# How large an image may be, code and data: a real vDSO is two pages; 1 MiB
+# leaves room for any experiment and keeps an image with its vvar pages well
+# inside the gap the process layout has for it (emulator/layout.py).
+MAX_IMAGE_BYTES = 1 << 20
+# How far below the text vdso_rng_data may lie: the kernels put it 4 pages
+# down (6.15+) or on a vvar page a few pages down (6.11-6.14).
+MAX_VVAR_BYTES = 16 * PAGE_SIZE
+
 ABI_6_11 = "6.11"   # (buffer, len, flags, opaque_state, opaque_len)
 ABI_V14 = "v14"     # (buffer, len, flags, state); states from vgetrandom_alloc
 
@@ -51,6 +59,7 @@ class VdsoImage:
     base: int = VDSO_BASE
     rng_data_source: str = "disassembly"   # or "preset 6.15+", "assembled"
     source_lines: dict[int, str] = field(default_factory=dict)  # offset -> "file:line" (asm images)
+    fixed_base: bool = False        # linked for `base` (assembled images); ELF vDSOs are position independent
 
     @property
     def size(self) -> int:

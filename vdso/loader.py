@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from vdso.errors import ImageError
-from vdso.image import VdsoImage
+from vdso.image import MAX_IMAGE_BYTES, VdsoImage
 
 BUILTIN_KINDS = ("builtin", "builtin-v14")
 
@@ -23,9 +23,21 @@ def builtin_available() -> bool:
 
 
 def load_image(spec: str) -> VdsoImage:
+    """The one way an --image is loaded: every kind read through vdso/files.py,
+    checked to fit the layout (vdso/image.py's limits) and to run faithfully."""
+    if not spec or not spec.strip():
+        raise ImageError(f"--image {spec!r}: empty (expected host, builtin, builtin-v14 or a path)")
     img = _load(spec)
+    check_size(img)
     check_faithful(img)
     return img
+
+
+def check_size(img: VdsoImage) -> None:
+    """An image the process layout cannot hold is refused before anything is mapped."""
+    if len(img.text) > MAX_IMAGE_BYTES:
+        raise ImageError(f"{img.name}: an image of {len(img.text):#x} bytes; at most {MAX_IMAGE_BYTES:#x} "
+                         f"fit (a real vDSO has two pages)")
 
 
 def check_faithful(img: VdsoImage, entry: str = "__vdso_getrandom") -> None:
@@ -47,9 +59,9 @@ def _load(spec: str) -> VdsoImage:
         if not builtin_available():
             raise ImageError(f"{spec}: the assembler image builder is not available")
         from vdso.asm_build import build_image
-        if spec not in BUILTIN_KINDS and not os.path.exists(spec):
+        if spec not in BUILTIN_KINDS and not os.path.lexists(spec):
             raise ImageError(f"{spec}: no such file")
         return build_image(spec)
-    if not os.path.exists(spec):
+    if not os.path.lexists(spec):
         raise ImageError(f"{spec}: no such file (expected host, builtin, builtin-v14, a vdso.so, a .s file or a .patch over asm/)")
     return load_elf(spec)

@@ -46,10 +46,7 @@ def patched_sources(path: Path, display: str | None = None) -> dict[str, Source]
     original file, an added one by its line in the patch, so errors and
     VdsoImage.source_lines point at what the user can open."""
     display = display or display_name(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AssemblyError(f"{display}: cannot read: {e}") from None
+    text = read_source(path, display).text
     out: dict[str, Source] = {}
     for fp in unidiff.parse(text, display):
         target = (PROJECT_DIR / fp.target()).resolve()

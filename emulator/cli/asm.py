@@ -16,11 +16,15 @@ def register(sub, parser_class) -> None:
 
 
 def cmd_asm(args: argparse.Namespace) -> int:
+    from emulator.options import nonempty
     from vdso.asm_build import build_image
-    from vdso.loader import check_faithful
+    from vdso.loader import check_faithful, check_size
+    for spec in args.sources:
+        nonempty(spec, "asm: source")
     blocks = []
     for spec in ["builtin", "builtin-v14", *args.sources]:
         img = build_image(spec)
+        check_size(img)
         check_faithful(img)
         blocks.append("\n".join(describe(img)))
     print("\n\n".join(blocks))

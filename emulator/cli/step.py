@@ -19,6 +19,7 @@ from emulator.errors import FaultpathError, UsageError
 
 PROMPT = "(faultpath) "
 HISTORY_LEN = 1000
+MAX_SCRIPT_BYTES = 1 << 20      # a script of stepper commands; a megabyte is already absurd
 
 
 def register(sub, parser_class) -> None:
@@ -152,13 +153,14 @@ def split_commands(text: str) -> list[str]:
 def cmd_step(args: argparse.Namespace) -> int:
     from emulator.cli.main import build_run_config
     from emulator.debug.session import Session
+    from vdso.files import read_text
     script = None
+    if args.commands is not None and not split_commands(args.commands):
+        raise UsageError(f"-c {args.commands!r}: no commands")
     if args.script is not None:
-        try:
-            with open(args.script) as f:
-                script = f.read()
-        except OSError as e:
-            raise UsageError(f"--script {args.script}: {e.strerror or e}") from None
+        # A regular UTF-8 text file of bounded size (vdso/files.py): a FIFO,
+        # /dev/zero or a binary file is refused in one line.
+        script = read_text(args.script, limit=MAX_SCRIPT_BYTES, label=f"--script {args.script}")
     session = Session(build_run_config(args))
     if args.commands is not None or script is not None:
         cmds = split_commands(args.commands or "") + split_commands(script or "")

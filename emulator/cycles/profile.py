@@ -31,13 +31,13 @@ when a profile loads: a bad profile is one line naming the file and the key.
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from emulator.cycles import schema
 from vdso.errors import UsageError   # cycles/ sits below the core: it takes the hierarchy from its root
+from vdso.files import decode_text, read_regular
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 USER_PROFILE_DIR = Path(os.environ.get("FAULTPATH_PROFILE_DIR",
@@ -142,26 +142,15 @@ def _load_file(name_or_path: str) -> tuple[dict, Path, tuple]:
     """One profile file, parsed: a regular file of sane size, TOML whose top
     level is tables."""
     path = profile_path(name_or_path)
+    if not os.path.lexists(path):
+        raise UsageError(f"profile {name_or_path!r}: no such profile")
+    # The one way in (vdso/files.py): a regular file, opened without blocking
+    # and fstat'ed, at most MAX_PROFILE_BYTES read.
+    raw, st = read_regular(str(path), limit=MAX_PROFILE_BYTES, label=f"profile {path}")
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise UsageError(f"profile {name_or_path!r}: no such profile") from None
-    except OSError as e:
-        raise UsageError(f"profile {path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"profile {path}: not a regular file")
-    if st.st_size > MAX_PROFILE_BYTES:
-        raise UsageError(f"profile {path}: {st.st_size} bytes, more than a profile's {MAX_PROFILE_BYTES}")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_PROFILE_BYTES + 1)
-        data = tomllib.loads(raw.decode("utf-8"))
-    except OSError as e:
-        raise UsageError(f"profile {path}: {e.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = tomllib.loads(decode_text(raw, f"profile {path}"))
+    except tomllib.TOMLDecodeError as e:
         raise UsageError(f"profile {path}: not valid TOML: {e}") from None
-    if len(raw) > MAX_PROFILE_BYTES:
-        raise UsageError(f"profile {path}: more than a profile's {MAX_PROFILE_BYTES} bytes")
     for sec, items in data.items():
         if not isinstance(items, dict):
             raise UsageError(f"profile {path}: {sec} = {items!r:.40}: expected a [{sec}] table")

@@ -26,6 +26,7 @@ is not a memory write, or is code Unicorn cannot run faithfully
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from capstone import x86 as X
 
 from emulator.errors import UsageError
 from emulator.insn_length import LEGACY_PREFIXES, capstone_length, skip_length
+from vdso.files import read_text
 from vdso.insn import MAX_INSN_LEN, disassembler, unfaithful_reason
 
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
@@ -105,22 +107,20 @@ def parse_corpus(text: str, name: str = "<corpus>") -> tuple[list[Form], list[Li
     return forms, errors
 
 
+# A corpus is one instruction per line; the builtin one is a few kilobytes.
+MAX_CORPUS_BYTES = 16 << 20
+
+
 def load_corpus(spec: str) -> tuple[str, list[Form], list[LineError]]:
     """`builtin` or a file path -> (name, forms, line errors)."""
     if spec == "builtin":
-        path, name = BUILTIN, "builtin"
+        path, name = str(BUILTIN), "builtin"
     else:
-        path, name = Path(spec), spec
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UsageError(f"{spec}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{spec}: is a directory") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{spec}: not a text file") from None
-    except OSError as e:
-        raise UsageError(f"{spec}: {e.strerror or e}") from None
+        path, name = spec, spec
+        if spec and not os.path.lexists(spec):
+            raise UsageError(f"{spec}: no such file")
+    # A regular UTF-8 text file of bounded size (vdso/files.py).
+    text = read_text(path, limit=MAX_CORPUS_BYTES, label=f"--corpus {spec}")
     forms, errors = parse_corpus(text, name)
     return name, forms, errors
 

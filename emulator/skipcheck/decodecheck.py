@@ -16,8 +16,8 @@ Each disagreement is run through Unicorn as a third opinion and named by
 from __future__ import annotations
 
 import bisect
+import io
 import os
-import struct
 import subprocess
 import tempfile
 import time
@@ -25,7 +25,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from elftools.common.exceptions import ELFError
 from elftools.dwarf.callframe import FDE
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
@@ -33,6 +32,8 @@ from elftools.elf.elffile import ELFFile
 from emulator.errors import FaultpathError, ImageError
 from emulator.skipcheck.divergence import CLASSES, classify
 from emulator.skipcheck.oracles import OBJDUMP, have_objdump, objdump_is_bad, parse_objdump, unicorn_length
+from vdso.elf_check import check_elf, elf_errors
+from vdso.files import read_bytes
 from vdso.insn import MAX_INSN_LEN, disassembler
 
 DEFAULT_EXAMPLES = 5
@@ -112,52 +113,34 @@ class _Section:
     data: bytes
 
 
+# An ELF file to decode: libraries run to tens of megabytes; this bounds what is read.
+MAX_ELF_BYTES = 256 << 20
+
+
 def _exec_sections(path: str) -> list[_Section]:
-    """The SHF_EXECINSTR sections with contents; ImageError on bad input."""
+    """The SHF_EXECINSTR sections with contents; ImageError on bad input.
+    The file comes through vdso/files.py (a regular file, bounded in size)
+    and its tables are checked against its size (vdso/elf_check.py) before
+    pyelftools reads them."""
+    raw = read_bytes(path, limit=MAX_ELF_BYTES, label=path, error=ImageError)
+    check_elf(raw, path)
+    size = len(raw)
     try:
-        size = os.path.getsize(path)
-        f = open(path, "rb")
-    except OSError as e:
-        raise ImageError(f"{path}: {e.strerror or e}") from None
-    with f:
-        head = f.read(64)
-        if head[:4] != b"\x7fELF":
-            raise ImageError(f"{path}: not an ELF file")
-        if head[4:5] != b"\x02" or head[5:6] != b"\x01":
-            raise ImageError(f"{path}: not a 64-bit little-endian ELF file")
-        if len(head) < 64:
-            raise ImageError(f"{path}: truncated ELF header ({size} bytes)")
-        e_shoff, = struct.unpack_from("<Q", head, 0x28)
-        e_shentsize, e_shnum = struct.unpack_from("<HH", head, 0x3A)
-        if e_shnum == 0:
-            raise ImageError(f"{path}: no section headers")
-        if e_shoff + e_shentsize * e_shnum > size:
-            raise ImageError(f"{path}: truncated (section headers end at "
-                             f"{e_shoff + e_shentsize * e_shnum:#x}, file is {size:#x} bytes)")
-        f.seek(0)
-        try:
-            elf = ELFFile(f)
-            if elf["e_machine"] != "EM_X86_64":
-                raise ImageError(f"{path}: not an x86-64 ELF file ({elf['e_machine']})")
-            sections = []
-            for sec in elf.iter_sections():
-                if not sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
-                    continue
-                if sec["sh_type"] == "SHT_NOBITS" or sec["sh_size"] == 0:
-                    continue
-                if sec["sh_offset"] + sec["sh_size"] > size:
-                    raise ImageError(f"{path}: truncated (section {sec.name} ends at "
-                                     f"{sec['sh_offset'] + sec['sh_size']:#x}, "
-                                     f"file is {size:#x} bytes)")
-                sections.append(_Section(sec.name, sec["sh_addr"], sec.data()))
-        except ImageError:
-            raise
-        except (ELFError, ValueError, OSError, EOFError) as e:
-            raise ImageError(f"{path}: bad ELF file: {e}") from None
-        except Exception as e:              # construct's StreamError & co: truncated headers
-            if type(e).__module__.split(".")[0] in ("construct", "elftools"):
-                raise ImageError(f"{path}: bad or truncated ELF file: {e}") from None
-            raise
+        elf = ELFFile(io.BytesIO(raw))
+        sections = []
+        for sec in elf.iter_sections():
+            if not sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
+                continue
+            if sec["sh_type"] == "SHT_NOBITS" or sec["sh_size"] == 0:
+                continue
+            if sec["sh_offset"] + sec["sh_size"] > size:
+                raise ImageError(f"{path}: truncated (section {sec.name} ends at "
+                                 f"{sec['sh_offset'] + sec['sh_size']:#x}, file is {size:#x} bytes)")
+            sections.append(_Section(sec.name, sec["sh_addr"], sec.data()))
+    except ImageError:
+        raise
+    except elf_errors() as e:               # a corrupt file, whatever pyelftools tripped on
+        raise ImageError(f"{path}: bad ELF file ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from None
     if not sections:
         raise ImageError(f"{path}: no executable sections")
     return sections
