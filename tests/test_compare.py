@@ -249,7 +249,7 @@ def test_cli_compare_json_and_plot(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["compare", "--from-json", "/nonexistent/r.json"], "not a faultpath compare report"),
+    (["compare", "--from-json", "/nonexistent/r.json"], "No such file"),
     (["compare", "--designs", "nope"], "unknown design"),
     (["compare", "--scenarios", "steady,bogus"], "unknown scenario"),
     (["compare", "--boundaries", "0"], "--boundaries"),

@@ -6,11 +6,11 @@ left behind), and the whole `calibrate` run: measure, check, fit, write.
 from __future__ import annotations
 
 import math
-import os
 
 from emulator.calibrate.fit import fit_profile
 from emulator.calibrate.measure import check_measurements, measure_all
 from emulator.errors import FaultpathError
+from emulator.outputs import check_output, write_output
 
 
 def toml_string(v: str) -> str:
@@ -66,25 +66,13 @@ def dump_toml(sections: dict, header: str = "", comments: dict | None = None) ->
     return "\n".join(out) + "\n"
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write text to path via a temporary file in the same directory and rename()."""
-    import tempfile
+def write_atomic(path: str, text: str, option: str = "-o") -> None:
+    """Write a profile to path, whole or not at all, never over anything but a
+    regular file (emulator/outputs.py: a temporary file in the same directory,
+    fsync'ed, renamed)."""
     import tomllib
     tomllib.loads(text)                 # never write something we could not read back
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".profile-", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_output(check_output(path, option, allow_stdout=False), text)
 
 
 def calibrate(out_path: str, quick: bool = False, image: str = "auto", base: str = "zen4", log=None,

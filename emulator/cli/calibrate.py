@@ -15,7 +15,9 @@ def register(sub, parser_class) -> None:
     p = sub.add_parser("calibrate", help="measure this machine natively and write a cycle profile")
     p.add_argument("-o", "--output", default=None,
                    help="profile file to write (default: ~/.config/faultpath/profiles/calibrated.toml, "
-                        "then usable as --profile calibrated)")
+                        "then usable as --profile calibrated; that directory is made if missing, any other "
+                        "must exist).  Checked before measuring; written whole or not at all; only a regular "
+                        "file is replaced, a symlink is written through to its regular-file target")
     p.add_argument("--quick", action="store_true", help="fewer repeats (a few seconds; noisier)")
     p.add_argument("--image", default="auto", choices=["auto", "host", "builtin"],
                    help="which __vdso_getrandom to time natively (auto: the host's, else the builtin)")
@@ -30,6 +32,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from emulator.calibrate.output import calibrate
     from emulator.cycles.profile import load_profile
     from emulator.errors import UsageError
+    from emulator.outputs import check_output
     load_profile(args.base)             # a bad base is refused before anything is measured
     if args.name is not None:
         try:
@@ -38,9 +41,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             raise UsageError("calibrate --name: not valid UTF-8") from None
         if not args.name.strip() or len(args.name) > 200:
             raise UsageError("calibrate --name: expected a non-empty name of at most 200 characters")
-    out = args.output or default_output()
-    d = os.path.dirname(os.path.abspath(out))
-    os.makedirs(d, exist_ok=True)
+    if args.output is None:
+        out = default_output()
+        # The default lives in faultpath's own config directory: made on first
+        # use.  A directory the user names must exist (as for every output).
+        try:
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"-o {out}: cannot make its directory: {e.strerror or e}") from None
+    else:
+        out = args.output
+    check_output(out, "-o", allow_stdout=False)    # before anything is measured (emulator/outputs.py)
     meas, sec = calibrate(out, quick=args.quick, image=args.image, base=args.base, name=args.name,
                           log=lambda s: print(f"  measuring {s} ...", file=sys.stderr))
     m = sec["meta"]

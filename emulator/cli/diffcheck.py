@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from emulator.errors import UsageError
+from emulator.options import check_seed
+from emulator.outputs import check_output, write_output
 
 
 def _int(s: str) -> int:
@@ -48,6 +49,8 @@ def cmd_diffcheck(args: argparse.Namespace) -> int:
     from emulator.diffcheck.report import as_json, format_text
     from emulator.diffcheck.run import default_jobs, kind_size, plan, run_plan
     kinds = _kinds(args.kind)
+    target = check_output(args.json, "--json") if args.json is not None else None   # before any run
+    check_seed(args.seed)
     if args.count < 0:
         raise UsageError(f"--count {args.count}: must not be negative")
     if args.jobs is not None and not 1 <= args.jobs <= 64:
@@ -70,13 +73,6 @@ def cmd_diffcheck(args: argparse.Namespace) -> int:
             print(f"diffcheck: {done}/{total}", file=sys.stderr)
     totals = run_plan(args.seed, work, jobs=args.jobs or default_jobs(), progress=progress)
     print(format_text(totals, examples=max(args.examples, 1 if args.only is None else 20)))
-    if args.json:
-        text = json.dumps(as_json(totals), indent=1)
-        if args.json == "-":
-            print(text)
-        else:
-            tmp = f"{args.json}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, args.json)
+    if target:
+        write_output(target, json.dumps(as_json(totals), indent=1) + "\n")    # whole or not at all
     return 1 if totals.different else 0

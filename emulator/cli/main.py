@@ -11,6 +11,7 @@ import os
 import sys
 
 from emulator.errors import FaultpathError, UsageError
+from emulator.options import check_seed, nonempty, split_list
 
 EXIT_USAGE = 2
 
@@ -27,13 +28,18 @@ def _int(s: str) -> int:
         raise argparse.ArgumentTypeError(f"{s!r} is not an integer") from None
 
 
-def _sizes(values: list[str] | None) -> list[int]:
+def _seed(s: str) -> int:
+    try:
+        return check_seed(_int(s))
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--seed ")) from None
+
+
+def _sizes(values: list[str]) -> list[int]:
+    """--size, repeatable or a comma list of numbers."""
     out = []
-    for v in values or []:
-        for part in v.split(","):
-            part = part.strip()
-            if not part:
-                continue
+    for v in values:
+        for part in split_list(v, "--size"):
             try:
                 out.append(int(part, 0))
             except ValueError:
@@ -49,7 +55,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "or a .patch over asm/ such as a mutant)")
     p.add_argument("--size", action="append", help="request size; repeatable, or a comma list")
     p.add_argument("--calls", type=_int, default=None, help="number of calls")
-    p.add_argument("--seed", type=_int, default=0, help="entropy seed (same seed, same run)")
+    p.add_argument("--seed", type=_seed, default=0, help="entropy seed, 0..2^64-1 (same seed, same run)")
     p.add_argument("--memory", type=_int, default=4096, metavar="PAGES", help="frame budget")
     p.add_argument("--swap", type=_int, default=0, metavar="PAGES", help="swap size (0: no swap)")
     p.add_argument("--droppable-oom", default="skip", choices=["skip", "retry"],
@@ -73,10 +79,12 @@ def build_run_config(args: argparse.Namespace):
     from emulator.records import DEFAULT_LIVELOCK
     from emulator.run import RunConfig
     from vdso.loader import default_image_name, load_image
-    image = load_image(args.image or default_image_name())
+    nonempty(args.profile, "--profile")
+    scenario = nonempty(args.scenario, "--scenario")
+    image = load_image(args.image if args.image is not None else default_image_name())
     default_scenario = "fault-path" if args.image is None and not args.inject and args.size is None else "none"
-    scenario = args.scenario or default_scenario
-    sizes = _sizes(args.size) or [256]
+    scenario = scenario if scenario is not None else default_scenario
+    sizes = _sizes(args.size) if args.size is not None else [256]
     calls = args.calls if args.calls is not None else (3 if scenario != "none" else len(sizes))
     livelock = DEFAULT_LIVELOCK if args.livelock is None else args.livelock
     if livelock < 1 or livelock > 10_000_000:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from emulator.errors import UsageError
+from emulator.outputs import OutputTarget, check_output, write_output
 
 DEFAULT_SIZES = [4, 64, 256]
 MUTANT_SIZES = [4, 70]
@@ -44,7 +45,9 @@ def register(sub, parser_class) -> None:
     p.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
                    help="where tasks run: local worker processes, or a Dask scheduler (optional extra)")
     p.add_argument("--json", dest="json_path", metavar="PATH", default=None,
-                   help="write the full report as JSON to PATH ('-' for stdout)")
+                   help="write the full report as JSON to PATH ('-' for stdout); checked before the sweep "
+                        "runs, written whole or not at all, never over a non-regular file (a symlink is "
+                        "written through to its regular-file target)")
     p.add_argument("--mutants", action="store_true",
                    help="sweep every asm/mutants/*.patch instead and show which invariant and event killed each")
     p.add_argument("--max-report", type=int, default=None, metavar="N",
@@ -129,15 +132,14 @@ def _options(args: argparse.Namespace, mutants: bool) -> dict:
     return {"configs": configs, "events": events, "jobs": jobs, "boundaries": boundaries}
 
 
-def _write_json(path: str, obj: dict) -> None:
-    text = json.dumps(obj, indent=1)
-    if path == "-":
-        print(text)
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+def _json_target(args: argparse.Namespace) -> OutputTarget | None:
+    """--json PATH, checked before the sweep runs (emulator/outputs.py)."""
+    return check_output(args.json_path, "--json") if args.json_path is not None else None
+
+
+def _write_json(target: OutputTarget, obj: dict) -> None:
+    """Whole or not at all: a temporary file renamed over PATH (emulator/outputs.py)."""
+    write_output(target, json.dumps(obj, indent=1) + "\n")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -145,15 +147,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return cmd_mutants(args)
     from emulator.sweep.coordinator import sweep
     from vdso.loader import default_image_name, load_image
+    target = _json_target(args)
     opts = _options(args, mutants=False)
-    spec = args.image or default_image_name()
+    spec = args.image if args.image is not None else default_image_name()
     image = load_image(spec)
     res = sweep(image, spec, opts["configs"], opts["events"], jobs=opts["jobs"], executor=args.executor,
                 progress=args.progress, boundaries=opts["boundaries"])
     out = sys.stderr if args.json_path == "-" else sys.stdout
     print(res.format(MAX_REPORT if args.max_report is None else args.max_report), file=out)
-    if args.json_path:
-        _write_json(args.json_path, res.as_dict())
+    if target:
+        _write_json(target, res.as_dict())
     return 1 if res.failed else 0
 
 
@@ -239,12 +242,13 @@ def format_mutants(rows: list[dict]) -> str:
 def cmd_mutants(args: argparse.Namespace) -> int:
     if args.image is not None:
         raise UsageError("sweep --mutants: the images are asm/mutants/*.patch (drop --image)")
+    target = _json_target(args)
     files = mutant_files()
     if not files:
         raise UsageError("sweep --mutants: no asm/mutants/*.patch found")
     rows = run_mutants(args, files)
     out = sys.stderr if args.json_path == "-" else sys.stdout
     print(format_mutants(rows), file=out)
-    if args.json_path:
-        _write_json(args.json_path, {"mutants": rows, "all_killed": all(r["killed"] for r in rows)})
+    if target:
+        _write_json(target, {"mutants": rows, "all_killed": all(r["killed"] for r in rows)})
     return 0 if all(r["killed"] for r in rows) else 1

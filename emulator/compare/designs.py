@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from emulator.errors import EmulationError, UsageError
+from emulator.options import split_list
 from mm import flags as F
 from mm.special_mapping import install_special_mapping
 from emulator.libc import VgetrandomCaller
@@ -69,19 +70,16 @@ DESIGNS: dict[str, Design] = {d.name: d for d in [
 
 
 def parse_designs(spec: str | None) -> list[Design]:
-    if not spec or spec == "all":
+    """--designs: None or `all` for every design, else a comma list of names
+    (an empty list or item is an error)."""
+    if spec is None or spec == "all":
         return list(DESIGNS.values())
     out = []
-    for name in spec.split(","):
-        name = name.strip()
-        if not name:
-            continue
+    for name in split_list(spec, "--designs"):
         if name not in DESIGNS:
             raise UsageError(f"--designs: unknown design {name!r} (one of: {', '.join(DESIGNS)})")
         if DESIGNS[name] not in out:
             out.append(DESIGNS[name])
-    if not out:
-        raise UsageError("--designs: no design given")
     return out
 
 

@@ -16,6 +16,7 @@ from emulator.compare.ledger import duplicate_bytes, windows_of, zero_run_bytes
 from emulator.compare.world import Call, World, secret_bytes
 from emulator.compare.designs import PAGE_SIZE, Design
 from emulator.errors import UsageError
+from emulator.options import split_list
 from emulator.records import DEFAULT_LIVELOCK
 from mm import flags as F
 from vdso.image import VdsoImage
@@ -614,19 +615,16 @@ SCENARIOS = {
 
 
 def parse_scenarios(spec: str | None) -> list[str]:
-    if not spec or spec == "all":
+    """--scenarios: None or `all` for every scenario, else a comma list of
+    names (an empty list or item is an error)."""
+    if spec is None or spec == "all":
         return list(SCENARIOS)
     out = []
-    for name in spec.split(","):
-        name = name.strip()
-        if not name:
-            continue
+    for name in split_list(spec, "--scenarios"):
         if name not in SCENARIOS:
             raise UsageError(f"--scenarios: unknown scenario {name!r} (one of: {', '.join(SCENARIOS)})")
         if name not in out:
             out.append(name)
-    if not out:
-        raise UsageError("--scenarios: no scenario given")
     return out
 
 
