@@ -8,6 +8,7 @@ from emulator.cycles.profile import load_profile
 from emulator.errors import UsageError
 from emulator.inject import parse_injection
 from emulator.kernel import Kernel
+from emulator.layout import install_kernel_mappings, place_image
 from emulator.machine import Machine
 from emulator.records import DEFAULT_BUDGET, DEFAULT_LIVELOCK, Injection
 from emulator.records import CallResult
@@ -77,9 +78,13 @@ def split_call_injection(spec: str) -> tuple[int | None, Injection]:
 
 
 def new_process(cfg: RunConfig) -> tuple[Kernel, Machine, VgetrandomCaller]:
-    kernel = Kernel(cfg.image, memory_pages=cfg.memory_pages, swap_pages=cfg.swap_pages, seed=cfg.seed,
-                    profile=load_profile(cfg.profile))
+    """A kernel and one process as exec leaves it: the image placed by mm's
+    get_unmapped_area and its mappings VMAs before libc maps anything
+    (emulator/layout.py); then libc's set-up (the state pages, the buffer)."""
+    kernel = Kernel(place_image(cfg.image), memory_pages=cfg.memory_pages, swap_pages=cfg.swap_pages,
+                    seed=cfg.seed, profile=load_profile(cfg.profile))
     m = Machine(kernel, droppable_oom=cfg.droppable_oom, livelock_limit=cfg.livelock_limit)
+    install_kernel_mappings(m.mm, kernel)
     caller = VgetrandomCaller(m, buffer_size=max(cfg.sizes))
     if cfg.state_offset is not None:
         # A state placed by hand (end of a page, or straddling two: the vDSO must
@@ -150,10 +155,11 @@ def run(cfg: RunConfig) -> dict:
     kernel, m, caller = new_process(cfg)
     results: list[CallResult] = [caller.getrandom(c.size, cfg.flags, injections=c.injections, budget=cfg.budget)
                                  for c in calls]
+    image = kernel.image                # as placed in the process
     return {
-        "image": {"name": cfg.image.name, "abi": cfg.image.abi,
-                  "getrandom": hex(cfg.image.symbol("__vdso_getrandom")),
-                  "rng_data_offset": cfg.image.rng_data_offset, "rng_data_source": cfg.image.rng_data_source},
+        "image": {"name": image.name, "abi": image.abi,
+                  "getrandom": hex(image.symbol("__vdso_getrandom")),
+                  "rng_data_offset": image.rng_data_offset, "rng_data_source": image.rng_data_source},
         "config": {"seed": cfg.seed, "memory_pages": cfg.memory_pages, "swap_pages": cfg.swap_pages,
                    "droppable_oom": cfg.droppable_oom, "scenario": scen.name, "scenario_description": scen.description,
                    "sizes": cfg.sizes, "calls": cfg.calls, "profile": kernel.profile.name,

@@ -17,6 +17,7 @@ from emulator.cycles.profile import load_profile
 from emulator.compare.designs import PAGE_SIZE, Design, DesignCaller
 from emulator.errors import EmulationError
 from emulator.kernel import SENTINEL_PAGE, Kernel
+from emulator.layout import install_kernel_mappings, place_image
 from emulator.machine import STACK_SIZE, STACK_TOP, Machine
 from emulator.records import DEFAULT_BUDGET, DEFAULT_LIVELOCK, CallContext
 from emulator.records import CallResult
@@ -105,13 +106,14 @@ class World:
         self.design = design
         self.reuse_children = reuse_children
         self._spare: Machine | None = None     # an exited child's Machine, JIT cache still warm
-        self.kernel = Kernel(image, memory_pages=memory_pages, swap_pages=swap_pages, seed=seed,
+        self.kernel = Kernel(place_image(image), memory_pages=memory_pages, swap_pages=swap_pages, seed=seed,
                              profile=load_profile(profile), overcommit_memory=overcommit_memory,
                              overcommit_ratio=overcommit_ratio)
         self.phys = self.kernel.phys
         self.swap_log = self.phys.swap.record_writes()
         m = Machine(self.kernel, droppable_oom=design.droppable_oom, livelock_limit=livelock_limit,
                     rlimit_memlock=rlimit_memlock)
+        install_kernel_mappings(m.mm, self.kernel)     # before the design's caller maps anything
         caller = DesignCaller(m, design, nthreads=nthreads, buffer_size=buffer_size)
         self.parent = Proc("parent", m, caller)
         self.procs: list[Proc] = [self.parent]
