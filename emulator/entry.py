@@ -109,10 +109,9 @@ def learn_block(m: "Task", addr: int, size: int) -> None:
     what Unicorn cannot run faithfully, hook the instructions it gets wrong,
     and tell the native hook how many instructions it holds."""
     info = m.blocks.get(addr | size << 48)
-    if info.unfaithful:
-        why = refusal(m.read(addr, size), addr)
-        if why is not None:
-            raise UnfaithfulInstruction(f"{why}, refused before it runs")
+    why = refusal(m.read(addr, size), addr)
+    if why is not None:
+        raise UnfaithfulInstruction(f"{why}, refused before it runs")
     m.instrument(addr, size)
     rep_tail = info.insn_addrs[-1] if info.rep_tail else 0
     m.recorder.learn(addr, size, info.ninsns, rep_tail, rep_only=info.rep_tail and info.ninsns == 1)

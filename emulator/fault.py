@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from emulator.insn_fetch import insn_fetch_from_user, skip_length
 from emulator.instrument import effective_address, mem_descriptor
 from emulator.usercopy import fault_in_write
-from emulator.traps import BUS_ADRERR, SEGV_ACCERR, SEGV_MAPERR, X86_TRAP_PF, SignalInfo
+from emulator.traps import BUS_ADRERR, SEGV_ACCERR, SEGV_MAPERR, X86_TRAP_GP, X86_TRAP_PF, SignalInfo, signal_for_trap
 from emulator.records import (X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE, CallContext, FaultRecord,
                               PendingFault, append_fault)
 from mm import flags as F
@@ -153,6 +153,14 @@ def do_user_addr_fault(m: "Task", ctx: CallContext, pf: PendingFault, rip: int) 
         # checks the access for writing up front and raises one #PF with W=1.
         access = "write"
     address = _cpu_fault_address(m, code, rip, pf.address, access)
+    if access != "exec" and not _canonical(address):
+        # A non-canonical linear address is #GP, not #PF: SIGSEGV with
+        # si_code SI_KERNEL and no address (the kernel cannot know it).
+        sig = signal_for_trap(X86_TRAP_GP, rip, f"non-canonical address {address:#x}")
+        m.charge(ctx, "signal", rip, {"signal": sig.signal, "si_code": sig.code_name, "why": sig.why})
+        m.force_sig(ctx, sig, f"SIGSEGV (general protection: non-canonical address {address:#x}) at rip={rip:#x} "
+                              f"[{ins.text if ins else '?'}]")
+        return
     if access == "write" and resolve_snapshot_cow(m, address, True):
         ctx.rip = rip
         return
@@ -160,6 +168,12 @@ def do_user_addr_fault(m: "Task", ctx: CallContext, pf: PendingFault, rip: int) 
                       ins.text if ins else "(undecodable)", ins.raw if ins else code[:1])
     rec.restored = pf.restored     # rolled back by the run loop at the stop
     _handle(m, ctx, rec, {})
+
+
+def _canonical(address: int) -> bool:
+    """x86-64 with 4-level paging: bits 63..47 all equal."""
+    top = address >> 47
+    return top == 0 or top == (1 << 17) - 1
 
 
 def _cpu_fault_address(m: "Task", code: bytes, rip: int, reported: int, access: str) -> int:
@@ -172,9 +186,12 @@ def _cpu_fault_address(m: "Task", code: bytes, rip: int, reported: int, access: 
     if access == "exec":
         return rip if not m.mmu.allows(rip, "exec") else reported & PAGE_MASK
     page = reported & PAGE_MASK
-    for start, size in _access_spans(m, code, rip):
+    mnemonic, spans = _access_spans(m, code, rip)
+    for start, size in spans:
         if not (start < page + PAGE_SIZE and start + size > page):
             continue
+        if mnemonic in ("fxsave", "fxsave64") and not m.mmu.allows(start + 511, access):
+            return start + 511          # this CPU reports the save area's last byte (measured natively)
         va = start & PAGE_MASK
         while va < start + size:
             if not m.mmu.allows(va, access):
@@ -184,17 +201,24 @@ def _cpu_fault_address(m: "Task", code: bytes, rip: int, reported: int, access: 
     return reported
 
 
-def _access_spans(m: "Task", code: bytes, rip: int) -> list[tuple[int, int]]:
-    """(start, size) of each memory access the instruction at rip makes."""
+# Memory operands whose size capstone does not print: the x87/SSE state areas
+# (64-bit mode; fnsave/frstor with a 32-bit operand size layout).
+_AREA_SIZES = {"fxsave": 512, "fxsave64": 512, "fxrstor": 512, "fxrstor64": 512, "fnsave": 108, "frstor": 108,
+               "fnstenv": 28, "fldenv": 28}
+
+
+def _access_spans(m: "Task", code: bytes, rip: int) -> tuple[str, list[tuple[int, int]]]:
+    """The instruction's mnemonic and (start, size) of each memory access it makes."""
     md = disassembler(True)
     reg = m.read_reg_by_name
     spans = []
+    mn = ""
     for ins in md.disasm(code, rip, 1):
+        mn = ins.mnemonic
         for op in ins.operands:
             if op.type == cs_x86.X86_OP_MEM:
-                size = mem_operand_size(ins.op_str) or op.size
+                size = _AREA_SIZES.get(mn) or mem_operand_size(ins.op_str, mn) or op.size
                 spans.append((effective_address(reg, mem_descriptor(md, ins, op)), size))
-        mn = ins.mnemonic
         if mn.startswith("maskmov"):
             spans.append((reg("rdi"), 16 if mn == "maskmovdqu" else 8))
         elif mn.startswith(("push", "call")):
@@ -202,7 +226,7 @@ def _access_spans(m: "Task", code: bytes, rip: int) -> list[tuple[int, int]]:
             spans.append((reg("rsp") - width, width))
         elif mn.startswith(("pop", "ret")):
             spans.append((reg("rsp"), 8))
-    return spans
+    return mn, spans
 
 
 def _read_modify_write(code: bytes, rip: int) -> bool:

@@ -53,7 +53,8 @@ _UD_ALWAYS = {"sysenter"}          # AMD: SYSENTER is #UD in long mode
 # emulates them (emulator/umip.py).
 _UMIP = {"sgdt", "sidt", "sldt", "str", "smsw"}
 # 16-byte SSE memory operands that need no alignment (SDM vol. 1, 14.9 / 12.x).
-_UNALIGNED_OK = {"movups", "movupd", "movdqu", "lddqu", "maskmovdqu"}
+_UNALIGNED_OK = {"movups", "movupd", "movdqu", "lddqu", "maskmovdqu",
+                 "pcmpestri", "pcmpestrm", "pcmpistri", "pcmpistrm"}     # SSE4.2 string ops: no alignment
 # Flag readers that store: see the docstring.  setcc's aliases included.
 _FLAG_READING_STORES = {"rcl", "rcr", "adc", "sbb", "pushf", "pushfq", "pushfw", "adcx", "adox"} | {
     "set" + cc for cc in ("o", "no", "b", "nae", "c", "ae", "nb", "nc", "e", "z", "ne", "nz", "be", "na", "a",
@@ -105,7 +106,7 @@ def refusal(code: bytes, addr: int) -> str | None:
         reason = unfaithful_reason(raw, ins.mnemonic, ins.op_str)
         if reason is not None and not _cpu_refuses(reason):
             return f"{reason} at {ins.address:#x}"
-        if ins.mnemonic in ("call", "ret") and raw[0] == 0x66:
+        if ins.mnemonic in ("call", "ret") and 0x66 in bytes(ins.prefix) and not ins.rex & 0x08:
             return (f"'{ins.mnemonic} {ins.op_str}' at {ins.address:#x}: a 66h-prefixed near {ins.mnemonic} "
                     "pushes/pops 2 bytes on this CPU (AMD), 8 in Unicorn 2.1.4")
         decoded += ins.size
@@ -156,7 +157,7 @@ def hooks_for(code: bytes, addr: int) -> list[InsnHook]:
         if m in _FLAG_READING_STORES and ins.operands[0].type == cs_x86.X86_OP_MEM:
             out.append(InsnHook(ins.address, "flags"))
             continue
-        if mem_operand_size(ins.op_str) == 16 and m not in _UNALIGNED_OK and _is_sse(ins):
+        if mem_operand_size(ins.op_str, m) == 16 and m not in _UNALIGNED_OK and _is_sse(ins):
             desc = mem_descriptor(md, ins, op)
             _seg, base, index, _scale, disp, addr32, nxt = desc
             if base in ("rip", "eip") and not index:
@@ -171,6 +172,15 @@ def hooks_for(code: bytes, addr: int) -> list[InsnHook]:
         if _cpu_refuses(reason):
             out.append(InsnHook(addr + decoded, "raise", X86_TRAP_UD, reason))
     return out
+
+
+# Stores Unicorn commits in pieces (the split-store journal must cover 512 bytes).
+MULTI_PIECE_STORES = {"fxsave", "fxsave64", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xsavec",
+                      "xsavec64", "xsaves", "xsaves64", "enter", "fnsave", "fsave", "fnstenv", "fstenv"}
+
+
+def has_multi_piece_store(code: bytes, addr: int) -> bool:
+    return any(ins.mnemonic in MULTI_PIECE_STORES for ins in _md().disasm(code, addr))
 
 
 def mem_descriptor(md, ins, op) -> tuple:

@@ -206,6 +206,18 @@ class Mmu:
             elif have and not want:
                 self.uc.hook_del(self.read_tail_hooks.pop(va))
 
+    def widen_tail(self, tail: int) -> None:
+        """Journal the last `tail` bytes of writable pages from now on (code
+        with multi-piece stores, fxsave and friends, was just met)."""
+        if tail <= self.tail:
+            return
+        self.tail = tail
+        for hooks, kind, cb in ((self.tail_hooks, UC_HOOK_MEM_WRITE, self._on_tail_write),
+                                (self.read_tail_hooks, UC_HOOK_MEM_READ, self._on_tail_read)):
+            for va in list(hooks):
+                self.uc.hook_del(hooks[va])
+                hooks[va] = self.uc.hook_add(kind, cb, None, va + PAGE_SIZE - tail, va + PAGE_SIZE - 1)
+
     def sync_range(self, start: int, length: int) -> None:
         lo = start & PAGE_MASK
         hi = (start + length + PAGE_SIZE - 1) & PAGE_MASK

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import ctypes
 from dataclasses import dataclass
-from functools import lru_cache
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_PROT,
                      UC_HOOK_MEM_UNMAPPED, UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_READ_PROT,
@@ -26,26 +25,23 @@ from emulator.blockhook import BlockRecorder
 from emulator.cpu import enter_user_mode
 from emulator.cycles.blocks import BlockCache
 from emulator.errors import EmulationError
-from emulator.instrument import InsnHook, effective_address, hooks_for
+from emulator.instrument import InsnHook, effective_address, has_multi_piece_store, hooks_for
 from emulator.kernel import Kernel
 from emulator.mmu import Mmu
 from emulator.records import DEFAULT_LIVELOCK, CallContext, PendingFault
 from emulator.trace import Trace, TraceEvent
 from mm.flags import PAGE_SIZE
 from mm.mm_struct import MM
-from vdso.insn import reachable_insns
 
 CHUNK = 1 << 16                 # blocks recorded per run (the native hook's buffer)
 # Journal window at the end of a writable page.  A split store is one access of
 # at most 16 bytes (movups, cmpxchg16b, maskmovdqu; Unicorn may split a 16-byte
 # store into 8-byte halves, the first wholly before the page end), so 16 bytes
 # catch it.  Multi-piece stores (fxsave/xsave: 512 bytes written piecewise,
-# enter with nesting) commit whole pieces before the faulting one, so images
-# holding them get the 512-byte window.
+# enter with nesting) commit whole pieces before the faulting one: the window
+# grows to 512 bytes when first sight meets one (emulator/instrument.py).
 TAIL = 16
 TAIL_MULTI_PIECE = 512
-MULTI_PIECE_STORES = {"fxsave", "fxsave64", "xsave", "xsave64", "xsaveopt", "xsaveopt64", "xsavec",
-                      "xsavec64", "xsaves", "xsaves64", "enter", "fnsave", "fsave", "fnstenv", "fstenv"}
 
 _ACCESS = {
     UC_MEM_READ_PROT: "read", UC_MEM_READ_UNMAPPED: "read",
@@ -57,25 +53,6 @@ GPRS = ["RAX", "RBX", "RCX", "RDX", "RSI", "RDI", "RBP", "RSP", "R8", "R9", "R10
         "R12", "R13", "R14", "R15", "RIP", "RFLAGS", "FS_BASE", "GS_BASE"]
 GPR_IDS = [getattr(X, f"UC_X86_REG_{r}") for r in GPRS]
 XMM_IDS = [getattr(X, f"UC_X86_REG_XMM{i}") for i in range(16)]
-
-
-@lru_cache(maxsize=64)
-def _code_insns(text: bytes, entries: tuple[int, ...]) -> tuple[tuple[int, str, str], ...]:
-    """(offset, mnemonic, operands) of the instructions reachable from the
-    image's symbols (recursive descent: an ELF vDSO's headers and data are not
-    code, and a linear sweep over them finds fxsave or rcl where there is none)."""
-    insns = reachable_insns(text, 0, list(entries))
-    return tuple((a, i.mnemonic, i.op_str) for a, i in sorted(insns.items()))
-
-
-def _image_code(image) -> tuple[tuple[int, str, str], ...]:
-    return _code_insns(bytes(image.text), tuple(sorted(set(image.symbols.values()))))
-
-
-def _tail_window(image) -> int:
-    if any(m in MULTI_PIECE_STORES for _, m, _ in _image_code(image)):
-        return TAIL_MULTI_PIECE
-    return TAIL
 
 
 class Regs64:
@@ -136,7 +113,7 @@ class Task:
         self.regs64 = Regs64(self.uc)
         self.recorder = BlockRecorder(self.uc, CHUNK)
         self.blocks = BlockCache(self._read_code, kernel.profile)
-        self.mmu = Mmu(self.uc, mm, kernel.special_mappings(), _tail_window(kernel.image),
+        self.mmu = Mmu(self.uc, mm, kernel.special_mappings(), TAIL,
                        lambda: self.recorder.count, self.forget_code)
         # Why the CPU last stopped (filled by the hooks below, read by entry.py).
         self.fault: PendingFault | None = None
@@ -288,7 +265,10 @@ class Task:
         """Install the instruction hooks a block needs (emulator/instrument.py)
         before it first runs; True when the block's translation must be redone."""
         added = False
-        for ih in hooks_for(self._read_code(addr, size), addr):
+        code = self._read_code(addr, size)
+        if has_multi_piece_store(code, addr):
+            self.mmu.widen_tail(TAIL_MULTI_PIECE)
+        for ih in hooks_for(code, addr):
             if ih.address in self.insn_hooks:
                 continue
             self.insn_hooks[ih.address] = ih

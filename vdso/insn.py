@@ -240,11 +240,31 @@ _PTR_SIZES = (("zmmword ptr", 64), ("ymmword ptr", 32), ("xmmword ptr", 16), ("x
               ("tbyte ptr", 10), ("qword ptr", 8), ("dword ptr", 4), ("word ptr", 2), ("byte ptr", 1))
 
 
-def mem_operand_size(op_str: str) -> int | None:
-    """The size of an instruction's memory operand, from capstone's operand
-    text.  capstone 5's operand `size` field is wrong for some SSE forms (it
-    says 16 for comisd's 8-byte operand), while its printer names the size
-    the instruction really accesses."""
+# SSE forms whose memory operand is narrower than the xmm register.  capstone 5
+# both stores and prints 16 bytes ("xmmword ptr") for several of them (comisd,
+# addsd, ...), so the size comes from the instruction (SDM vol. 2).
+_SSE_PARTIAL = {
+    8: {"movq", "movhps", "movlps", "movhpd", "movlpd", "movddup", "cvtps2pd", "cvtdq2pd", "cvtpi2ps",
+        "pmovsxbw", "pmovzxbw", "pmovsxwd", "pmovzxwd", "pmovsxdq", "pmovzxdq", "pinsrq", "pextrq"},
+    4: {"movd", "insertps", "extractps", "pmovsxbd", "pmovzxbd", "pmovsxwq", "pmovzxwq", "pinsrd", "pextrd"},
+    2: {"pmovsxbq", "pmovzxbq", "pinsrw", "pextrw"},
+    1: {"pinsrb", "pextrb"},
+}
+
+
+def mem_operand_size(op_str: str, mnemonic: str = "") -> int | None:
+    """The size of an instruction's memory operand: from the instruction for
+    the SSE forms above and the scalar ones (*sd: 8 bytes, *ss: 4), else from
+    capstone's operand text (its operand `size` field is wrong for more
+    forms still)."""
+    if mnemonic and "xmm" in op_str:
+        for size, names in _SSE_PARTIAL.items():
+            if mnemonic in names:
+                return size
+        if mnemonic.endswith("sd") or mnemonic.startswith(("cvtsd2", "cvttsd2")):
+            return 8
+        if mnemonic.endswith("ss") or mnemonic.startswith(("cvtss2", "cvttss2")):
+            return 4
     for word, size in _PTR_SIZES:
         if word in op_str:
             return size

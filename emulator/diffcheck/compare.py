@@ -4,6 +4,8 @@ A difference is described by what differs, in this order, each part a
 short word the report groups by:
 
   error           the emulator could not run the sequence at all
+  refused         the emulator refused it before it ran: an instruction
+                  Unicorn 2.1.4 cannot run faithfully (a 66h near call...)
   ending[...]     the two sides stopped at different places or for different
                   reasons (native SIGSEGV/SI_KERNEL, emulated end...); what
                   differs after that is a consequence, kept in the details only
@@ -59,7 +61,10 @@ class Difference:
 def compare(seq: Sequence, native: RunState, emulated: RunState) -> Difference | None:
     d = Difference(seq, native, emulated)
     if emulated.error:
-        d.parts.append("error")
+        # A refusal is the emulator saying, before the code runs, that it
+        # cannot run it faithfully (emulator/instrument.py); anything else
+        # is a failure of the emulator.
+        d.parts.append("refused" if emulated.error.startswith("UnfaithfulInstruction") else "error")
         d.details.append(f"emulator: {emulated.error}")
         return d
     ended_apart = _signals(d, native.signal, emulated.signal)
