@@ -1,327 +1,92 @@
-"""A GDB remote-serial-protocol server over a stepper Session (all-stop subset).
+"""A GDB remote-serial-protocol server over a stepper Session (all-stop).
 
-Hand-written rather than udbserver: it must bind loopback by default, leave
-the run loop to the Session (fault stops, injections, count-bounded chunks),
-and answer `monitor` with the stepper's own views.
+Hand-written rather than udbserver: it binds loopback by default, leaves the
+run loop to the Session (fault stops, injections, count-bounded chunks), and
+answers `monitor` with the stepper's own commands.
 
-Packets: qSupported, qXfer:features:read (target.xml: i386:x86-64 with the
-org.gnu.gdb.i386 core, sse, linux and segments features), QStartNoAckMode,
-?, g/G, p/P, m/M, s/S, c/C, vCont? / vCont;s|S|c|C, Z0/z0 and Z1/z1, D, k,
-vKill, qRcmd (monitor), thread queries (one thread), and Ctrl-C (0x03 while
-running: the run proceeds in chunks and polls the socket between them).
+What gdb gets, and why:
+- target.xml (emulator/debug/target.py): x86-64, osabi GNU/Linux;
+- the aux vector (qXfer:auxv:read) with AT_SYSINFO_EHDR, the executable
+  (qXfer:exec-file:read) and files over vFile (emulator/debug/hostio.py):
+  /proc/PID/task/PID/maps, the caller's ELF (emulator/debug/process_elf.py)
+  and the vDSO's debug file (emulator/debug/debugfile.py), so gdb loads the
+  vDSO's symbols from target memory exactly as for a real process;
+- g/G p/P m/M, s/S c/C, vCont, Z0/Z1 breakpoints, Z2/Z3/Z4 watchpoints
+  (write/read/access), bs/bc reverse step/continue, D, k, vKill, qRcmd
+  (monitor), one thread, Ctrl-C while running.
 
-Stops: a fault stops the target with SIGSEGV (T0b) *before* it is handled,
-with the stepper's fault description sent as console output; gdb's next
-stepi/continue carries the handling out (policy skip/retry, OOM, ...).  The
-end of the call is a SIGTRAP stop at the return sentinel with rax holding the
-return value (so `info registers rax` works); an OOM kill is a SIGKILL stop.
+Stops: a fault stops the target with SIGSEGV (T0b) *before* it is handled;
+gdb's next stepi/continue carries it out.  A watchpoint stops with
+`watch:ADDR` after the store (gdb shows old and new value); a store the OOM
+handler skipped, or watched memory a drop zeroed, stops with SIGTRAP and the
+reason named on the console.  The end of the call is a SIGTRAP at the return
+sentinel with rax holding the return value; an OOM kill is a SIGKILL stop.
+Reverse execution past the start of the call answers `replaylog:begin`.
+
+One client at a time.  A second client is answered with an error reply
+(`E.busy...`) and disconnected at once, rather than queued: a stock gdb
+then prints the reason instead of hanging.  A client that stops sending in
+the middle of a packet is dropped after the packet timeout, one that sends
+nothing after the idle timeout (emulator/debug/rsp.py).
 """
 from __future__ import annotations
 
+import gc
 import ipaddress
-import select
+import queue
+import re
 import socket
 import sys
-from dataclasses import dataclass
-
-from unicorn import x86_const as X
+import threading
 
 from emulator.debug import commands, views
+from emulator.debug.debugfile import debug_file
+from emulator.debug.hostio import HostIO
+from emulator.debug.procfs import auxv, maps
+from emulator.debug.process_elf import EXE_PATH, caller_elf
+from emulator.debug.rsp import MAX_PACKET, Connection, Disconnected, escape, frame
+from emulator.debug.target import (G_SIZE, REGNUM, REGS, TARGET_XML, ProtocolError, all_registers, parse_g,  # noqa: F401
+                                   parse_hex, parse_hexbytes, parse_reg_value, parse_regnum, read_reg,
+                                   write_reg)
 from emulator.errors import FaultpathError, UsageError
 
-MAX_PACKET = 0x4000           # what we advertise (PacketSize, hex digits included)
-MAX_INBOUND = 1 << 20         # a "packet" longer than this without '#' is garbage
 DEFAULT_PORT = 1234
-
+PACKET_TIMEOUT = 10.0          # seconds for the rest of a packet once `$` arrived
+IDLE_TIMEOUT = 600.0           # seconds without a packet before a client is dropped
+MAX_REFUSING = 8               # busy replies in flight at once; more are closed unanswered
+BUSY_GRACE = 1.0               # seconds a second client waits for one that is just leaving
 SIGINT, SIGILL, SIGTRAP, SIGBUS, SIGKILL, SIGSEGV = 2, 4, 5, 7, 9, 11
+MAX_MEM = (MAX_PACKET - 8) // 2      # bytes per m reply / M packet
+# The process id gdb is told (multiprocess): gdb reads /proc/PID/task/PID/maps for
+# the vDSO's extent only when the target names a real-looking pid.
+PID = 4242
+THREAD = f"p{PID:x}.{PID:x}"
+WATCH_KINDS = {2: "write", 3: "read", 4: "access"}
+_STOP_KEY = {"write": "watch", "read": "rwatch", "access": "awatch"}
+_PROC_MAPS = re.compile(rf"/proc/{PID}(/task/{PID})?/maps")
+
+QSUPPORTED = (f"PacketSize={MAX_PACKET:x};qXfer:features:read+;qXfer:auxv:read+;qXfer:exec-file:read+;"
+              "QStartNoAckMode+;multiprocess+;swbreak+;hwbreak+;vContSupported+;ReverseStep+;ReverseContinue+").encode()
 
 
-# ---------------------------------------------------------------------------- registers
-@dataclass(frozen=True)
-class Reg:
-    name: str
-    bits: int
-    type: str
-    feature: str
-    group: str = ""
+class Handler:
+    """The packets of one connection, against the server's current session."""
 
-
-def _reg_table() -> list[Reg]:
-    core = "org.gnu.gdb.i386.core"
-    regs = [Reg(n, 64, "data_ptr" if n in ("rbp", "rsp") else "int64", core)
-            for n in ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
-                      "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]]
-    regs.append(Reg("rip", 64, "code_ptr", core))
-    regs.append(Reg("eflags", 32, "i386_eflags", core))
-    regs += [Reg(n, 32, "int32", core) for n in ["cs", "ss", "ds", "es", "fs", "gs"]]
-    regs += [Reg(f"st{i}", 80, "i387_ext", core) for i in range(8)]
-    regs += [Reg(n, 32, "int", core, "float")
-             for n in ["fctrl", "fstat", "ftag", "fiseg", "fioff", "foseg", "fooff", "fop"]]
-    sse = "org.gnu.gdb.i386.sse"
-    regs += [Reg(f"xmm{i}", 128, "vec128", sse) for i in range(16)]
-    regs.append(Reg("mxcsr", 32, "i386_mxcsr", sse, "vector"))
-    regs.append(Reg("orig_rax", 64, "int", "org.gnu.gdb.i386.linux"))
-    seg = "org.gnu.gdb.i386.segments"
-    regs += [Reg("fs_base", 64, "int", seg), Reg("gs_base", 64, "int", seg)]
-    return regs
-
-
-REGS = _reg_table()
-REGNUM = {r.name: i for i, r in enumerate(REGS)}
-
-_TYPES = {
-    "org.gnu.gdb.i386.core": """
-  <flags id="i386_eflags" size="4">
-    <field name="CF" start="0" end="0"/><field name="" start="1" end="1"/>
-    <field name="PF" start="2" end="2"/><field name="AF" start="4" end="4"/>
-    <field name="ZF" start="6" end="6"/><field name="SF" start="7" end="7"/>
-    <field name="TF" start="8" end="8"/><field name="IF" start="9" end="9"/>
-    <field name="DF" start="10" end="10"/><field name="OF" start="11" end="11"/>
-    <field name="NT" start="14" end="14"/><field name="RF" start="16" end="16"/>
-    <field name="VM" start="17" end="17"/><field name="AC" start="18" end="18"/>
-    <field name="VIF" start="19" end="19"/><field name="VIP" start="20" end="20"/>
-    <field name="ID" start="21" end="21"/>
-  </flags>""",
-    "org.gnu.gdb.i386.sse": """
-  <vector id="v4f" type="ieee_single" count="4"/>
-  <vector id="v2d" type="ieee_double" count="2"/>
-  <vector id="v16i8" type="int8" count="16"/>
-  <vector id="v8i16" type="int16" count="8"/>
-  <vector id="v4i32" type="int32" count="4"/>
-  <vector id="v2i64" type="int64" count="2"/>
-  <union id="vec128">
-    <field name="v4_float" type="v4f"/><field name="v2_double" type="v2d"/>
-    <field name="v16_int8" type="v16i8"/><field name="v8_int16" type="v8i16"/>
-    <field name="v4_int32" type="v4i32"/><field name="v2_int64" type="v2i64"/>
-    <field name="uint128" type="uint128"/>
-  </union>
-  <flags id="i386_mxcsr" size="4">
-    <field name="IE" start="0" end="0"/><field name="DE" start="1" end="1"/>
-    <field name="ZE" start="2" end="2"/><field name="OE" start="3" end="3"/>
-    <field name="UE" start="4" end="4"/><field name="PE" start="5" end="5"/>
-    <field name="DAZ" start="6" end="6"/><field name="IM" start="7" end="7"/>
-    <field name="DM" start="8" end="8"/><field name="ZM" start="9" end="9"/>
-    <field name="OM" start="10" end="10"/><field name="UM" start="11" end="11"/>
-    <field name="PM" start="12" end="12"/><field name="FZ" start="15" end="15"/>
-  </flags>""",
-}
-
-
-def target_xml() -> str:
-    out = ['<?xml version="1.0"?>', '<!DOCTYPE target SYSTEM "gdb-target.dtd">', '<target version="1.0">',
-           "  <architecture>i386:x86-64</architecture>", "  <osabi>GNU/Linux</osabi>"]
-    feature = None
-    for i, r in enumerate(REGS):
-        if r.feature != feature:
-            if feature is not None:
-                out.append("</feature>")
-            feature = r.feature
-            out.append(f'<feature name="{feature}">{_TYPES.get(feature, "")}')
-        g = f' group="{r.group}"' if r.group else ""
-        out.append(f'  <reg name="{r.name}" bitsize="{r.bits}" type="{r.type}" regnum="{i}"{g}/>')
-    out.append("</feature>")
-    out.append("</target>")
-    return "\n".join(out) + "\n"
-
-
-TARGET_XML = target_xml().encode()
-
-_UC = {"eflags": X.UC_X86_REG_EFLAGS, "fctrl": X.UC_X86_REG_FPCW, "fstat": X.UC_X86_REG_FPSW,
-       "ftag": X.UC_X86_REG_FPTAG, "mxcsr": X.UC_X86_REG_MXCSR}
-# Written through to the CPU; the rest (x87 state, which the vDSO never uses, and
-# the segment selectors, which Unicorn would reload in 64-bit mode) are
-# accepted and ignored.
-_WRITABLE = {r.name for r in REGS[:17]} | {"eflags", "mxcsr", "fs_base", "gs_base"} | {
-    f"xmm{i}" for i in range(16)}
-
-
-def read_reg(session, num: int) -> bytes:
-    r = REGS[num]
-    uc = session.m.uc
-    n = r.name
-    if n.startswith("st"):
-        v = uc.reg_read(X.UC_X86_REG_FP0 + int(n[2:]))
-        val = (v[0] | (v[1] << 64)) if isinstance(v, tuple) else int(v)
-    elif n.startswith("xmm"):
-        val = uc.reg_read(getattr(X, f"UC_X86_REG_XMM{n[3:]}"))
-    elif n in _UC:
-        val = uc.reg_read(_UC[n])
-    elif n == "orig_rax":
-        val = (1 << 64) - 1
-    elif n in ("fiseg", "fioff", "foseg", "fooff", "fop"):
-        val = 0
-    else:
-        val = uc.reg_read(getattr(X, f"UC_X86_REG_{n.upper()}"))
-    return (val & ((1 << r.bits) - 1)).to_bytes(r.bits // 8, "little")
-
-
-def write_reg(session, num: int, raw: bytes) -> None:
-    r = REGS[num]
-    if r.name not in _WRITABLE:
-        return                       # x87 state is not modelled: accept and ignore
-    val = int.from_bytes(raw[:r.bits // 8], "little")
-    uc = session.m.uc
-    if r.name.startswith("xmm"):
-        uc.reg_write(getattr(X, f"UC_X86_REG_XMM{r.name[3:]}"), val)
-    elif r.name in _UC:
-        uc.reg_write(_UC[r.name], val)
-    else:
-        session.set_register(r.name, val)
-
-
-G_SIZE = sum(r.bits // 8 for r in REGS)
-
-
-# ---------------------------------------------------------------------------- framing
-def checksum(data: bytes) -> int:
-    return sum(data) & 0xFF
-
-
-def escape(data: bytes) -> bytes:
-    out = bytearray()
-    for b in data:
-        if b in (0x23, 0x24, 0x7D, 0x2A):     # # $ } *
-            out += bytes((0x7D, b ^ 0x20))
-        else:
-            out.append(b)
-    return bytes(out)
-
-
-def unescape(data: bytes) -> bytes:
-    out = bytearray()
-    it = iter(data)
-    for b in it:
-        if b == 0x7D:
-            nxt = next(it, None)
-            if nxt is None:
-                break
-            out.append(nxt ^ 0x20)
-        else:
-            out.append(b)
-    return bytes(out)
-
-
-def frame(payload: bytes) -> bytes:
-    return b"$" + payload + b"#" + b"%02x" % checksum(payload)
-
-
-class Disconnected(Exception):
-    pass
-
-
-class Connection:
-    """One gdb client on one socket."""
-
-    def __init__(self, sock: socket.socket, server: "GdbServer"):
-        self.sock = sock
+    def __init__(self, conn: Connection, server: "GdbServer"):
+        self.conn = conn
         self.server = server
-        self.buf = bytearray()
-        self.ack = True
-        self.last_sent = b""
-        self.interrupt_pending = False
-        self.closed = False
+        self.hostio = HostIO(server.file_for)
 
-    # ------------------------------------------------------------- I/O
-    def _recv(self, timeout: float | None = None) -> bool:
-        if timeout is not None:
-            r, _, _ = select.select([self.sock], [], [], timeout)
-            if not r:
-                return False
-        try:
-            data = self.sock.recv(65536)
-        except (ConnectionError, OSError):
-            data = b""
-        if not data:
-            self.closed = True
-            raise Disconnected()
-        self.buf += data
-        return True
+    @property
+    def ses(self):
+        return self.server.session
 
-    def send(self, payload: bytes | str) -> None:
-        if isinstance(payload, str):
-            payload = payload.encode()
-        pkt = frame(payload)
-        self.last_sent = pkt
-        try:
-            self.sock.sendall(pkt)
-        except (ConnectionError, OSError):
-            self.closed = True
-            raise Disconnected() from None
-
-    def console(self, text: str) -> None:
-        """Text for gdb's console: O packets (hex), split to fit PacketSize."""
-        data = text.encode()
-        step = (MAX_PACKET - 16) // 2
-        for i in range(0, len(data), step):
-            self.send(b"O" + data[i:i + step].hex().encode())
-
-    def read_packet(self) -> bytes | None:
-        """The next well-formed packet's payload; None for a Ctrl-C byte."""
-        while True:
-            # drop anything before a packet start, handling acks and Ctrl-C
-            while self.buf:
-                b = self.buf[0]
-                if b == 0x24:        # '$'
-                    break
-                del self.buf[0]
-                if b == 0x03:
-                    return None
-                if b == 0x2D and self.ack and self.last_sent:   # '-': resend
-                    self._raw(self.last_sent)
-            if self.buf:
-                end = self.buf.find(b"#")
-                if end >= 0 and len(self.buf) >= end + 3:
-                    body = bytes(self.buf[1:end])
-                    csum = bytes(self.buf[end + 1:end + 3])
-                    del self.buf[:end + 3]
-                    if b"$" in body:     # a new packet started inside this one: drop the torn part
-                        self.server.log("malformed packet (torn) dropped")
-                        self.buf[:0] = body[body.rindex(b"$"):] + b"#" + csum
-                        continue
-                    try:
-                        ok = int(csum, 16) == checksum(body)
-                    except ValueError:
-                        ok = False
-                    if not ok:
-                        self.server.log("packet with a bad checksum dropped")
-                        if self.ack:
-                            self._raw(b"-")
-                        continue
-                    if self.ack:
-                        self._raw(b"+")
-                    return unescape(body)
-                if end < 0 and len(self.buf) > MAX_INBOUND:
-                    self.server.log("oversized packet dropped")
-                    self.buf.clear()
-                    continue
-            self._recv()
-
-    def _raw(self, b: bytes) -> None:
-        try:
-            self.sock.sendall(b)
-        except (ConnectionError, OSError):
-            self.closed = True
-            raise Disconnected() from None
-
-    def poll_interrupt(self) -> bool:
-        """Between run chunks: True if gdb sent Ctrl-C (or went away)."""
-        try:
-            while self._recv(0):
-                pass
-        except Disconnected:
-            return True
-        if 0x03 in self.buf:
-            i = self.buf.index(0x03)
-            del self.buf[i]
-            return True
-        return False
-
-    # ------------------------------------------------------------- serving
+    # ------------------------------------------------------------------ loop
     def serve(self) -> str:
         """Serve until detach, kill or disconnect; returns which."""
         try:
             while True:
-                pkt = self.read_packet()
+                pkt = self.conn.read_packet()
                 if pkt is None:          # Ctrl-C while already stopped: nothing to interrupt
                     continue
                 try:
@@ -329,85 +94,78 @@ class Connection:
                 except Disconnected:
                     raise
                 except FaultpathError as e:
-                    self.server.log(f"{pkt[:40]!r}: {e}")
-                    reply = b"E01"
+                    self.server.log(f"{_show(pkt)}: {e}")
+                    reply = b"E16" if isinstance(e, ProtocolError) else b"E01"
                 except Exception as e:   # never take the server down for one packet
-                    self.server.log(f"{pkt[:40]!r}: internal error: {type(e).__name__}: {e}")
+                    self.server.log(f"{_show(pkt)}: internal error: {type(e).__name__}: {e}")
                     reply = b"E01"
                 if isinstance(reply, tuple):     # (reply, outcome)
                     if reply[0] is not None:
-                        self.send(reply[0])
+                        self.conn.send(reply[0])
                     return reply[1]
                 if reply is not None:
-                    self.send(reply)
-        except Disconnected:
+                    self.conn.send(reply)
+        except Disconnected as e:
+            self.server.log(e.why)
             return "disconnect"
+        finally:
+            self.hostio.close_all()
 
     def dispatch(self, pkt: bytes):
-        s = self.server
-        ses = s.session
+        ses = self.ses
         c = pkt[:1]
         body = pkt[1:]
         if pkt == b"?":
-            return s.stop_reply()
+            return self.server.stop_reply()
         if c == b"g":
-            return b"".join(read_reg(ses, i) for i in range(len(REGS))).hex().encode()
+            return all_registers(ses).hex().encode()
         if c == b"G":
-            raw = bytes.fromhex(body.decode())
-            off = 0
-            for i, r in enumerate(REGS):
-                n = r.bits // 8
-                if off + n <= len(raw):
-                    write_reg(ses, i, raw[off:off + n])
-                off += n
+            values = parse_g(body)                   # all valid, or nothing is written
+            for i, raw in enumerate(values):
+                write_reg(ses, i, raw)
             return b"OK"
         if c == b"p":
-            num = int(body, 16)
-            if not 0 <= num < len(REGS):
-                return b"E45"
-            return read_reg(ses, num).hex().encode()
+            return read_reg(ses, parse_regnum(body)).hex().encode()
         if c == b"P":
-            num, _, val = body.partition(b"=")
-            num = int(num, 16)
-            if not 0 <= num < len(REGS):
-                return b"E45"
-            write_reg(ses, num, bytes.fromhex(val.decode()))
+            num, eq, val = body.partition(b"=")
+            if not eq:
+                raise ProtocolError("P packet without '='")
+            n = parse_regnum(num)
+            write_reg(ses, n, parse_reg_value(n, val))
             return b"OK"
         if c == b"m":
-            a, _, n = body.partition(b",")
-            addr, n = int(a, 16), int(n, 16)
-            data = ses.read_memory(addr, min(n, (MAX_PACKET - 8) // 2))
+            addr, n = self._addr_len(body)
+            data = ses.read_memory(addr, min(n, MAX_MEM))
             return data.hex().encode() if data or n == 0 else b"E14"
         if c == b"M":
-            head, _, data = body.partition(b":")
-            a, _, n = head.partition(b",")
-            addr, n = int(a, 16), int(n, 16)
-            raw = bytes.fromhex(data.decode())
-            if len(raw) != n:
-                return b"E16"
+            head, colon, data = body.partition(b":")
+            if not colon:
+                raise ProtocolError("M packet without ':'")
+            addr, n = self._addr_len(head)
+            raw = parse_hexbytes(data, "M data")
+            if len(raw) != n or n > MAX_MEM:
+                raise ProtocolError(f"M packet: {len(raw)} data bytes for a length of {n}")
             return b"OK" if ses.write_memory(addr, raw) == n else b"E14"
         if c == b"X":
             return b""                   # no binary writes: gdb falls back to M
         if c in (b"s", b"c", b"S", b"C"):
             addr = body.split(b";", 1)[1] if c in (b"S", b"C") and b";" in body else (
                 body if c in (b"s", b"c") else b"")
+            if c in (b"S", b"C") and body:
+                parse_hex(body.split(b";", 1)[0], "signal", 0xFF)
             if addr:
-                ses.set_register("rip", int(addr, 16))
+                ses.set_register("rip", parse_hex(addr, "resume address"))
             return self.resume("step" if c in (b"s", b"S") else "cont")
+        if pkt == b"bs":
+            return self.resume("step", reverse=True)
+        if pkt == b"bc":
+            return self.resume("cont", reverse=True)
         if pkt.startswith(b"vCont?"):
             return b"vCont;c;C;s;S"
         if pkt.startswith(b"vCont;"):
             return self.vcont(pkt[6:])
         if c in (b"Z", b"z"):
-            kind, _, rest = body.partition(b",")
-            if kind not in (b"0", b"1"):
-                return b""
-            addr = int(rest.split(b",")[0], 16)
-            if c == b"Z":
-                ses.add_breakpoint(hex(addr))
-            else:
-                ses.remove_breakpoint_at(addr)
-            return b"OK"
+            return self.point(c == b"Z", body)
         if c == b"D":
             return (b"OK", "detach")
         if pkt == b"k":
@@ -417,20 +175,22 @@ class Connection:
         if c == b"H" or c == b"T":
             return b"OK"
         if pkt.startswith(b"qSupported"):
-            return (f"PacketSize={MAX_PACKET:x};qXfer:features:read+;QStartNoAckMode+;"
-                    "swbreak+;hwbreak+;vContSupported+").encode()
+            return QSUPPORTED
         if pkt == b"QStartNoAckMode":
-            self.send(b"OK")
-            self.ack = False
+            self.conn.send(b"OK")
+            self.conn.ack = False
             return None
-        if pkt.startswith(b"qXfer:features:read:"):
-            return self.xfer(pkt[len(b"qXfer:features:read:"):])
+        if pkt.startswith(b"qXfer:"):
+            return self.xfer(pkt[len(b"qXfer:"):])
+        if pkt.startswith(b"vFile:"):
+            return self.hostio.handle(pkt, MAX_PACKET)
         if pkt.startswith(b"qRcmd,"):
-            return self.monitor(bytes.fromhex(pkt[6:].decode()).decode("utf-8", "replace"))
+            line = parse_hexbytes(pkt[6:], "monitor command").decode("utf-8", "replace")
+            return self.monitor(line)
         if pkt == b"qC":
-            return b"QC1"
+            return b"QC" + THREAD.encode()
         if pkt == b"qfThreadInfo":
-            return b"m1"
+            return b"m" + THREAD.encode()
         if pkt == b"qsThreadInfo":
             return b"l"
         if pkt.startswith(b"qAttached"):
@@ -441,23 +201,72 @@ class Connection:
             return f"getrandom call {ses.call_no}".encode().hex().encode()
         return b""                       # unsupported: the empty reply
 
+    @staticmethod
+    def _addr_len(text: bytes) -> tuple[int, int]:
+        a, comma, n = text.partition(b",")
+        if not comma:
+            raise ProtocolError("ADDR,LENGTH expected")
+        addr = parse_hex(a, "address")
+        length = parse_hex(n, "length")
+        if addr + length > 1 << 64:
+            raise ProtocolError(f"{addr:#x}+{length:#x} runs past the end of the address space")
+        return addr, length
+
+    # ------------------------------------------------------------------ breakpoints, watchpoints
+    def point(self, insert: bool, body: bytes) -> bytes:
+        fields = body.split(b";", 1)[0].split(b",")
+        if len(fields) != 3 or b";" in body:
+            raise ProtocolError("Z/z: TYPE,ADDR,KIND expected (no conditions)")
+        kind = parse_hex(fields[0], "type", 4)
+        addr = parse_hex(fields[1], "address")
+        size = parse_hex(fields[2], "kind", 0xFFFF)
+        ses = self.ses
+        if kind in (0, 1):
+            if size != 1:
+                raise ProtocolError(f"an x86 breakpoint has kind 1, not {size}")
+            if insert:
+                ses.add_breakpoint(hex(addr))
+            else:
+                ses.remove_breakpoint_at(addr)
+            return b"OK"
+        if not 1 <= size <= 4096 or addr + size > 1 << 64:
+            raise ProtocolError(f"watchpoint length {size} out of range (1..4096)")
+        if insert:
+            ses.add_watch(addr, size, WATCH_KINDS[kind], origin="gdb")
+        else:
+            ses.remove_watch_at(addr, size, WATCH_KINDS[kind])
+        return b"OK"
+
+    # ------------------------------------------------------------------ qXfer
     def xfer(self, rest: bytes) -> bytes:
-        annex, _, span = rest.partition(b":")
-        if annex != b"target.xml":
-            return b"E00"
-        off, _, n = span.partition(b",")
-        off, n = int(off, 16), int(n, 16)
-        chunk = TARGET_XML[off:off + min(n, MAX_PACKET // 2)]
-        more = off + len(chunk) < len(TARGET_XML)
+        obj, _, rest = rest.partition(b":")
+        op, _, rest = rest.partition(b":")
+        annex, _, span = rest.rpartition(b":")
+        if op != b"read":
+            return b""
+        off, n = self._addr_len(span)
+        if obj == b"features":
+            if annex != b"target.xml":
+                return b"E00"
+            data = TARGET_XML
+        elif obj == b"auxv":
+            data = auxv(self.ses.kernel.image.base)
+        elif obj == b"exec-file":
+            data = EXE_PATH.encode()
+        else:
+            return b""
+        chunk = data[off:off + min(n, MAX_PACKET // 2 - 8)]
+        more = off + len(chunk) < len(data)
         return (b"m" if more else b"l") + escape(chunk)
 
+    # ------------------------------------------------------------------ execution
     def vcont(self, actions: bytes):
         mode = None
         for act in actions.split(b";"):
             if not act:
                 continue
             a, _, tid = act.partition(b":")
-            if tid and tid not in (b"1", b"-1", b"p1.1", b"p1.-1", b"0", b"p-1.-1"):
+            if tid and not _our_thread(tid):
                 continue
             if a[:1] in (b"s", b"S"):
                 mode = "step"
@@ -465,24 +274,34 @@ class Connection:
             if a[:1] in (b"c", b"C"):
                 mode = "cont"
                 break
+            raise ProtocolError(f"vCont action {a[:8]!r} not supported")
         if mode is None:
-            return b"E01"
+            raise ProtocolError("vCont without an action for thread 1")
         return self.resume(mode)
 
-    def resume(self, mode: str):
+    def resume(self, mode: str, reverse: bool = False):
         s = self.server
-        stop = s.session.resume(mode, 1, poll=self.poll_interrupt)
-        if self.closed:
+        ses = self.ses
+        if reverse:
+            stop = ses.reverse(mode, poll=self.conn.poll_interrupt)
+        else:
+            stop = ses.resume(mode, 1, poll=self.conn.poll_interrupt)
+        if self.conn.closed:
             raise Disconnected()
         s.last_stop = stop
-        text = views.stop_text(s.session, stop) if stop.reason in ("fault", "done") else \
-            "\n".join(views.event_lines(s.session, stop.events, stop.syscalls))
+        lines = views.event_lines(ses, stop.events, stop.syscalls)
+        if stop.watch is not None and not (_reported_as_watch(stop.watch) and stop.watch.why in ("write", "read")):
+            lines.append(stop.watch.text(ses.where))      # a reason gdb cannot show by itself
+        if stop.reason in ("fault", "done", "kernel-fault", "history-begin"):
+            text = views.stop_text(ses, stop)
+        else:
+            text = "\n".join(lines)
         if text:
-            self.console(text + "\n")
+            self.conn.console(text + "\n")
         return s.stop_reply()
 
     def monitor(self, line: str) -> bytes:
-        ses = self.server.session
+        ses = self.ses
         line = line.strip()
         if line in ("", "help"):
             text = "monitor commands:\n" + commands.help_text(monitor=True) + "\n"
@@ -494,76 +313,211 @@ class Connection:
             if text and not text.endswith("\n"):
                 text += "\n"
         if text:
-            self.console(text)
+            self.conn.console(text)
         return b"OK"
+
+
+def _reported_as_watch(w) -> bool:
+    """gdb takes a `watch:` stop for a write watchpoint only when the value
+    changed (it resumes silently otherwise); the other reasons (a store that
+    faulted or was skipped, an unchanged drop) stop as plain SIGTRAP/SIGSEGV
+    with the reason on the console."""
+    if w.watch.kind == "write":
+        return w.changed and w.why in ("write", "kernel-write", "dropped", "changed")
+    return w.why in ("read", "write")
+
+
+def _our_thread(tid: bytes) -> bool:
+    """A thread-id that names our one thread (or all threads)."""
+    pid, dot, lwp = tid.partition(b".")
+    if not dot:
+        return tid in (b"-1", b"0", b"1", b"%x" % PID) or tid == f"p{PID:x}".encode()
+    return pid in (f"p{PID:x}".encode(), b"p-1", b"p0") and lwp in (b"-1", b"0", b"%x" % PID)
+
+
+def _show(pkt: bytes) -> str:
+    return repr(pkt[:40]) + ("..." if len(pkt) > 40 else "")
 
 
 # ---------------------------------------------------------------------------- server
 class GdbServer:
-    def __init__(self, make_session, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 once: bool = False, log=None):
+    def __init__(self, make_session, host: str = "127.0.0.1", port: int = DEFAULT_PORT, once: bool = False,
+                 log=None, symbols_file: str | None = None, packet_timeout: float = PACKET_TIMEOUT,
+                 idle_timeout: float | None = IDLE_TIMEOUT):
         self.make_session = make_session
-        self.session = make_session()
         self.host = host
         self.port = port
         self.once = once
+        self.symbols_file = symbols_file
+        self.packet_timeout = packet_timeout
+        self.idle_timeout = idle_timeout
         self.last_stop = None
         self._log = log or (lambda msg: print(f"faultpath gdb: {msg}", file=sys.stderr, flush=True))
-        self.sock = None
+        self.sock: socket.socket | None = None
+        self._incoming: queue.Queue = queue.Queue()
+        self._busy = False                # a client is being served (guarded by _free)
+        self._free = threading.Condition()
+        self._stopping = threading.Event()
+        self._refusing = threading.Semaphore(MAX_REFUSING)
+        self._active_peer = ""
+        self.session = None
+        self._files: dict[str, bytes] = {}
+        self.new_session()
 
     def log(self, msg: str) -> None:
         self._log(msg)
 
+    def new_session(self) -> None:
+        old = self.session
+        self.session = None
+        if old is not None:
+            old.close()
+            del old
+            # A process is a cycle of Python objects (Unicorn hooks call back into
+            # the Task that owns the Unicorn); the collector's thresholds count
+            # Python objects, not Unicorn's tens of MB of native memory, so left to
+            # itself it lets dead processes pile up (40 -> 106 MB over 100 kills).
+            gc.collect()
+        self.session = self.make_session()
+        self.last_stop = None
+        ses = self.session
+        self._files = {EXE_PATH: caller_elf(ses.kernel, ses.caller)}
+        dbg = debug_file(ses.kernel.image, self.symbols_file)
+        if dbg is not None:
+            self._files[dbg[0]] = dbg[1]
+
+    def file_for(self, path: str) -> bytes | None:
+        """What vFile:open of `path` reads (None: no such file)."""
+        if _PROC_MAPS.fullmatch(path):
+            ses = self.session
+            return maps(ses.kernel, ses.m.mm, EXE_PATH, ses.symbols.kernel_names()).encode()
+        return self._files.get(path)
+
+    # ------------------------------------------------------------------ sockets
     def listen(self) -> int:
+        if not self.host:
+            raise UsageError("--listen: an empty address would listen on every interface; "
+                             "name one (127.0.0.1, or e.g. 0.0.0.0 to accept other hosts)")
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(fam, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
-            sock.listen(1)
+            sock.listen(4)
         except OSError as e:
             sock.close()
             raise UsageError(f"cannot listen on {self.host}:{self.port}: {e.strerror or e}") from None
+        sock.settimeout(0.5)          # the acceptor checks for shutdown between waits
         self.sock = sock
         self.port = sock.getsockname()[1]
         return self.port
 
-    def serve_forever(self) -> None:
-        while True:
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
             try:
                 conn, peer = self.sock.accept()
-            except OSError as e:
-                raise UsageError(f"accept failed: {e.strerror or e}") from None
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.log(f"gdb connected from {peer[0]}:{peer[1]}")
-            outcome = "disconnect"
-            try:
-                outcome = Connection(conn, self).serve()
-            finally:
-                try:
-                    conn.close()
-                except OSError:
-                    pass
-                # gdb's breakpoints belong to the session that set them
-                for a in list(self.session.breakpoints.values()):
-                    self.session.remove_breakpoint_at(a)
-            self.log({"detach": "gdb detached", "kill": "killed by gdb",
-                      "disconnect": "gdb disconnected"}[outcome])
-            if self.once:
+            except socket.timeout:
+                continue
+            except OSError:
                 return
-            if outcome == "kill":
-                self.session = self.make_session()
-                self.log("a fresh process is ready")
-            self.log(f"listening on {self.host}:{self.port}")
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._claim(0):
+                self._incoming.put((conn, peer))
+            elif self._refusing.acquire(blocking=False):
+                threading.Thread(target=self._refuse, args=(conn, peer), daemon=True).start()
+            else:
+                conn.close()
+
+    def _claim(self, wait: float) -> bool:
+        """Take the session for a new client if it is free within `wait` seconds."""
+        with self._free:
+            if self._busy:
+                self._free.wait_for(lambda: not self._busy, timeout=wait)
+            if self._busy:
+                return False
+            self._busy = True
+            return True
+
+    def _release(self) -> None:
+        with self._free:
+            self._busy = False
+            self._free.notify_all()
+
+    def _refuse(self, conn: socket.socket, peer) -> None:
+        """Answer a second client's first packet with an error and hang up,
+        unless the session frees up within BUSY_GRACE seconds (the previous
+        client was just leaving): then it is served."""
+        if self._claim(BUSY_GRACE):
+            self._refusing.release()
+            self._incoming.put((conn, peer))
+            return
+        try:
+            self.log(f"refused {peer[0]}:{peer[1]}: another gdb ({self._active_peer}) is attached")
+            conn.settimeout(2.0)
+            data = b""
+            try:
+                while b"#" not in data and len(data) < 4096:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass
+            msg = f"E.busy: faultpath gdb is serving another client ({self._active_peer}); try again later"
+            try:
+                conn.sendall(b"+" + frame(msg.encode()))
+            except OSError:
+                pass
+        finally:
+            conn.close()
+            self._refusing.release()
+
+    def serve_forever(self) -> None:
+        acceptor = threading.Thread(target=self._accept_loop, daemon=True)
+        acceptor.start()
+        try:
+            while True:
+                try:
+                    conn, peer = self._incoming.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                self._active_peer = f"{peer[0]}:{peer[1]}"
+                self.log(f"gdb connected from {self._active_peer}")
+                outcome = "disconnect"
+                try:
+                    c = Connection(conn, self.log, self.packet_timeout, self.idle_timeout)
+                    outcome = Handler(c, self).serve()
+                finally:
+                    try:
+                        conn.close()
+                    except OSError:
+                        pass
+                    # gdb's breakpoints and watchpoints belong to the connection that set them
+                    self.session.forget_debugger_points()
+                self.log({"detach": "gdb detached", "kill": "killed by gdb",
+                          "disconnect": "connection closed"}[outcome])
+                if outcome == "kill":
+                    self.new_session()
+                    self.log("a fresh process is ready")
+                self._release()
+                if self.once:
+                    return
+                self.log(f"listening on {self.host}:{self.port}")
+        finally:
+            self._stopping.set()
 
     def close(self) -> None:
+        self._stopping.set()
         if self.sock is not None:
             self.sock.close()
+        if self.session is not None:
+            self.session.close()
 
-    # ------------------------------------------------------------- stop replies
+    # ------------------------------------------------------------------ stop replies
     def stop_reply(self) -> bytes:
         ses = self.session
         ctx = ses.ctx
+        stop = self.last_stop
         extra = ""
         if ctx.done:
             out = ctx.result.outcome
@@ -577,12 +531,17 @@ class GdbServer:
         elif ses.pending() is not None:
             sig = SIGSEGV
         else:
-            reason = self.last_stop.reason if self.last_stop is not None else "step"
+            reason = stop.reason if stop is not None else "step"
             sig = SIGINT if reason == "interrupt" else SIGTRAP
-            if reason == "breakpoint" and ses.hit == ctx.rip:
+            w = stop.watch if stop is not None else None
+            if reason == "history-begin":
+                extra = "replaylog:begin;"
+            elif w is not None and _reported_as_watch(w):
+                extra = f"{_STOP_KEY[w.watch.kind]}:{w.report_addr:x};"
+            elif reason == "breakpoint" and ses.hit == ctx.rip:
                 extra = "swbreak:;"
         regs = "".join(f"{REGNUM[n]:02x}:{read_reg(ses, REGNUM[n]).hex()};" for n in ("rbp", "rsp", "rip"))
-        return f"T{sig:02x}{extra}thread:1;{regs}".encode()
+        return f"T{sig:02x}{extra}thread:{THREAD};{regs}".encode()
 
 
 def is_loopback(host: str) -> bool:

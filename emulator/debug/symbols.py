@@ -13,10 +13,12 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from emulator.debug.identify import identified_symbols
 from emulator.errors import UsageError
 from emulator.kernel import SENTINEL_PAGE
 from emulator.machine import STACK_SIZE, STACK_TOP
 from mm.flags import PAGE_SIZE
+from vdso import abi
 from vdso.insn import reachable_insns
 
 U64 = (1 << 64) - 1
@@ -25,8 +27,13 @@ GPR_ORDER = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9",
 REG_NAMES = set(GPR_ORDER) | {"rip", "eflags", "rflags", "fs_base", "gs_base", "pc", "sp", "fp"}
 REG_ALIAS = {"pc": "rip", "sp": "rsp", "fp": "rbp", "eflags": "rflags"}
 
+# Fields of the vDSO's structs (include/vdso/getrandom.h, datapage.h): name -> (offset, size)
+STATE_FIELDS = {"batch": (abi.STATE_BATCH, abi.STATE_BATCH_LEN), "key": (abi.STATE_KEY, abi.STATE_KEY_LEN),
+                "generation": (abi.STATE_GENERATION, 8), "pos": (abi.STATE_POS, 1), "in_use": (abi.STATE_IN_USE, 1)}
+RNG_FIELDS = {"generation": (abi.RNG_GENERATION, 8), "is_ready": (abi.RNG_IS_READY, 1)}
+
 # Labels that are not areas a user would call "the X mapping".
-_NOT_AREAS = ("vdso_rng_data", "return_sentinel")
+_NOT_AREAS = ("vdso_rng_data", "faultpath_caller")
 
 
 class Symbols:
@@ -76,6 +83,28 @@ class Symbols:
             if start <= lo < end and name not in _NOT_AREAS:
                 return name
         return ""
+
+    def kernel_names(self) -> dict[int, str]:
+        """VMA start -> the name /proc/PID/maps gives it ([stack])."""
+        return {STACK_TOP - STACK_SIZE: "[stack]"}
+
+    def object_at(self, expr: str, read_reg: Callable[[str], int]) -> tuple[int, int]:
+        """(address, size) of `expr`: a struct field (`state.in_use`,
+        `vdso_rng_data.generation`), a named object (`state`: 144 bytes), or an
+        address expression (1 byte)."""
+        base, dot, fld = expr.strip().partition(".")
+        if dot:
+            fields = STATE_FIELDS if base.startswith("state") else RNG_FIELDS if base == "vdso_rng_data" else None
+            if fields is None or fld not in fields:
+                known = ", ".join(STATE_FIELDS if fields is STATE_FIELDS else RNG_FIELDS) if fields else ""
+                raise UsageError(f"{expr}: no field {fld!r}" + (f" (fields: {known})" if known else ""))
+            off, size = fields[fld]
+            return self.eval_addr(base, read_reg) + off, size
+        name = expr.strip().lstrip("*")
+        for lo, hi, lab in self.labels:
+            if lab == name:
+                return lo, hi - lo
+        return self.eval_addr(expr, read_reg), 1
 
     def names(self) -> list[str]:
         """Every name an address expression accepts (for completion)."""
@@ -148,7 +177,7 @@ def _data_labels(image, caller) -> list[tuple[int, int, str]]:
     out.append((STACK_TOP - STACK_SIZE, STACK_TOP, "stack"))
     rng = image.rng_data_addr
     out.append((rng, rng + 16, "vdso_rng_data"))
-    out.append((SENTINEL_PAGE, SENTINEL_PAGE + PAGE_SIZE, "return_sentinel"))
+    out.append((SENTINEL_PAGE, SENTINEL_PAGE + PAGE_SIZE, "faultpath_caller"))   # the code calls return to
     return out
 
 
@@ -163,8 +192,11 @@ def _code_symbols(image, entry: int) -> list[tuple[int, str]]:
         if name.startswith("__fp_"):
             continue
         by_addr.setdefault(image.base + off, name)
-    # Direct call targets without a symbol (the host vDSO exports only the
-    # entry points; its ChaCha20 routine is reached by a `call`).
+    # Functions the image does not name, identified by what they compute
+    # (the host vDSO exports only its entry points).
+    for name, off in identified_symbols(image).items():
+        by_addr.setdefault(image.base + off, name)
+    # Any other direct call target without a symbol.
     try:
         insns = reachable_insns(image.text, image.base, [entry])
     except Exception:   # naming is cosmetic; never fail a session on it

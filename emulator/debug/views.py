@@ -219,7 +219,9 @@ def banner(s: "Session") -> str:
 
 def stop_text(s: "Session", stop: "Stop") -> str:
     out = event_lines(s, stop.events, stop.syscalls)
-    if stop.reason == "fault":
+    if stop.watch is not None:
+        out.append(stop.watch.text(s.where, stop.reverse))
+    if stop.reason == "fault" or (stop.reason == "watch" and s.pending() is not None):
         out.append(fault_stop(s))
     elif stop.reason == "done":
         out.append(ended(s))
@@ -229,6 +231,13 @@ def stop_text(s: "Session", stop: "Stop") -> str:
                        + s.where(s.ctx.rip))
         elif stop.reason == "interrupt":
             out.append("interrupted")
+        elif stop.reason == "kernel-fault":
+            out.append("stopped after a syscall in which the kernel faulted on a user address "
+                       "(`fault` shows its stages)")
+        elif stop.reason == "history-begin":
+            why = s.timeline.barrier_why
+            out.append(f"no more history: back at {s.timeline.start}, where {why}" if why else
+                       f"no more history: back at the start of call {s.call_no}")
         out.append(status_line(s))
     return "\n".join(out)
 
@@ -526,3 +535,70 @@ def breakpoints(s: "Session") -> str:
     if not s.breakpoints:
         return "no breakpoints"
     return "\n".join(f"{n:<3} {s.where(a)}" for n, a in sorted(s.breakpoints.items()))
+
+
+def watchpoints(s: "Session") -> str:
+    ws = sorted(s.watches.watches.values(), key=lambda w: w.num)
+    if not ws:
+        return "no watchpoints"
+    out = []
+    for w in ws:
+        val = s.read_memory(w.addr, w.length)
+        out.append(f"{w.num:<3} {w.kind:<6} {s.where(w.addr)} ({w.expr or hex(w.addr)}), {w.length} byte(s)  "
+                   f"value {val.hex(' ')}  hit {w.hits} time(s)" + ("  [set by gdb]" if w.origin == "gdb" else ""))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- the vDSO's structs
+def state(s: "Session", arg: str = "") -> str:
+    """struct vgetrandom_state at `arg` (default: the caller's first state) and
+    the vdso_rng_data it is compared with."""
+    from vdso import abi
+    addr = s.eval_addr(arg) if arg.strip() else s.caller.states[0]
+    raw = s.read_memory(addr, abi.STATE_SIZE)
+    if len(raw) < abi.STATE_SIZE:
+        raise UsageError(f"cannot read a vgetrandom_state at {addr:#x}")
+    st = abi.VgetrandomState.unpack(raw)
+    rng = s.read_memory(s.kernel.image.rng_data_addr, 16)
+    rgen = int.from_bytes(rng[:8], "little") if len(rng) >= 9 else None
+    ready = rng[8] if len(rng) >= 9 else None
+    pos = st.pos
+    used = st.batch[:min(pos, abi.STATE_BATCH_LEN)]
+    left = st.batch[min(pos, abi.STATE_BATCH_LEN):]
+    gen_note = ""
+    if rgen is not None:
+        gen_note = "  (= vdso_rng_data.generation)" if st.generation == rgen else \
+            f"  (vdso_rng_data.generation is {rgen}: the next call reseeds)"
+    out = [f"struct vgetrandom_state at {s.where(addr)}   page: {page_state(s, addr)}",
+           f"  batch[96]   {abi.STATE_BATCH_LEN - len(used)} unused byte(s) from pos {pos}"
+           + (f" (pos is past the batch: empty)" if pos >= abi.STATE_BATCH_LEN else ""),
+           f"    used:     {_short(used)}",
+           f"    unused:   {_short(left)}",
+           f"  key[32]     {_short(st.key)}",
+           f"  generation  {st.generation}{gen_note}",
+           f"  pos         {pos}",
+           f"  in_use      {st.in_use}" + ("  (a call is using this state)" if st.in_use else "")]
+    if rgen is not None:
+        out.append(f"struct vdso_rng_data at {s.where(s.kernel.image.rng_data_addr)}: generation {rgen}, "
+                   f"is_ready {ready}")
+    return "\n".join(out)
+
+
+def _short(b: bytes) -> str:
+    if not b:
+        return "(none)"
+    h = b.hex()
+    return h if len(h) <= 48 else f"{h[:32]}...{h[-8:]} ({len(b)} bytes)"
+
+
+# ---------------------------------------------------------------------------- frames
+def backtrace(s: "Session") -> str:
+    from emulator.debug.unwind import frames
+    if s.ctx.done:
+        return "no stack: the call has ended"
+    out = []
+    for f in frames(s):
+        name = s.symbols.symbolize(f.pc)
+        how = "" if f.how == "cfi" else "  (no CFI: a leaf using no stack)" if f.how == "leaf" else ""
+        out.append(f"#{f.level:<2} {f.pc:#018x} {name}{how}".rstrip())
+    return "\n".join(out)
