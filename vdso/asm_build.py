@@ -199,15 +199,31 @@ def _check_and_map(lines: list[SourceLine], code: bytes, line_offsets: dict[int,
     each instruction's offset in the code to its file:line."""
     source_lines: dict[int, str] = {}
     marked = sorted(line_offsets)
+    macros = {ln.code.split()[1] for ln in lines
+              if ln.kind == "open" and ln.code.split()[0].lower() == ".macro" and len(ln.code.split()) > 1}
     for pos, idx in enumerate(marked):
         start = line_offsets[idx]
         end = line_offsets[marked[pos + 1]] if pos + 1 < len(marked) else len(code)
         if end < start:
             raise AssemblyError(f"{lines[idx].where}: statements out of order (.org?)")
+        if start == end and lines[idx].kind == "insn" and _mnemonic(lines[idx]) not in macros:
+            # Keystone drops a statement it cannot parse when others follow it
+            # (`mov rax,, 1` then `ret` assembles as `ret`): an instruction
+            # that became no bytes is that error, unreported.
+            raise AssemblyError(f"{lines[idx].where}: `{lines[idx].raw}`: keystone made no code of this "
+                                f"instruction (a syntax error it did not report)")
         if start == end or lines[idx].kind in ("data", "align"):
             continue
         decode_range(code, addr, start, end, lines[idx].where, source_lines)
     return source_lines
+
+
+def _mnemonic(line) -> str:
+    """The first word of a line's last statement, after its labels."""
+    stmt = line.code.split(";")[-1].strip()
+    while (m := re.match(r"\s*[A-Za-z_.$][\w.$]*\s*:(?!:)\s*", stmt)):
+        stmt = stmt[m.end():]
+    return stmt.split(None, 1)[0] if stmt.split() else ""
 
 
 def _functions(code: bytes, symbols: list[ElfSymbol]) -> list[FunctionCfi]:

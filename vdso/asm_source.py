@@ -260,6 +260,28 @@ def _check_size_directive(line: SourceLine, word: str, stmt: str) -> int:
     return emits if not bad else 0
 
 
+_PAIRS = {")": "(", "]": "["}
+
+
+def _check_brackets(line: SourceLine, stmt: str) -> None:
+    """Keystone ignores what follows a complete operand: `mov rax, 1 )`
+    assembles as `mov rax, 1`, and `mov rax, 1 [` as a load from address 1.
+    Unbalanced brackets are refused before it sees them."""
+    stack = []
+    for m in TOKEN_RE.finditer(stmt):
+        tok = m.group(0)
+        if m.lastgroup in ("str", "chr"):
+            continue
+        for c in tok:
+            if c in "([":
+                stack.append(c)
+            elif c in ")]":
+                if not stack or stack.pop() != _PAIRS[c]:
+                    raise AssemblyError(f"{line.where}: `{line.raw}`: unbalanced {c!r}")
+    if stack:
+        raise AssemblyError(f"{line.where}: `{line.raw}`: unbalanced {stack[-1]!r}")
+
+
 _TYPES = {"function": "FUNC", "object": "OBJECT", "notype": "NOTYPE"}
 
 
@@ -328,6 +350,7 @@ def parse(display: str, text: str, origins: list[tuple[str, int]] | None = None)
                 continue
             if word in _DROPPED_DIRECTIVES or word.startswith(".cfi_"):
                 continue
+            _check_brackets(line, stmt)
             if word == ".incbin":
                 raise AssemblyError(f"{line.where}: `{line.raw}`: .incbin is not supported (an image "
                                     f"reads no other files; put the bytes in with .byte)")
