@@ -161,6 +161,8 @@ def cmd_step(args: argparse.Namespace) -> int:
         # A regular UTF-8 text file of bounded size (vdso/files.py): a FIFO,
         # /dev/zero or a binary file is refused in one line.
         script = read_text(args.script, limit=MAX_SCRIPT_BYTES, label=f"--script {args.script}")
+        if not split_commands(script) or all(c.startswith("#") for c in split_commands(script)):
+            raise UsageError(f"--script {args.script}: no commands")
     session = Session(build_run_config(args))
     if args.commands is not None or script is not None:
         cmds = split_commands(args.commands or "") + split_commands(script or "")

@@ -21,9 +21,10 @@ cost        cycles per call (mean / p99: steady, pressure), and pages locked or
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 
 from emulator.compare.scenarios import SCENARIOS, Options, run_scenario
@@ -41,6 +42,10 @@ def _job(args) -> tuple[str, str, dict, float]:
     return scenario, design.name, res.as_dict(), time.perf_counter() - t0
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_compare(image: VdsoImage, designs: list[Design], scenarios: list[str], opts: Options,
                 jobs: int = 1, progress=None) -> dict:
     t0 = time.perf_counter()
@@ -48,12 +53,22 @@ def run_compare(image: VdsoImage, designs: list[Design], scenarios: list[str], o
     results: dict[str, dict[str, dict]] = {s: {} for s in scenarios}
     timings: dict[str, float] = {}
     if jobs > 1 and len(work) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as ex:
-            for s, d, res, dt in ex.map(_job, work):
+        # Workers ignore SIGINT and are killed at Ctrl-C: a ProcessPoolExecutor's
+        # workers took the interrupt as one job's result and went on with the
+        # queued ones, and its shutdown waited for them (20 s and more).
+        pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_ignore_sigint)
+        try:
+            for s, d, res, dt in pool.imap(_job, work):
                 results[s][d] = res
                 timings[f"{s}/{d}"] = round(dt, 2)
                 if progress:
                     progress(s, d, dt)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
     else:
         for w in work:
             s, d, res, dt = _job(w)
