@@ -77,6 +77,16 @@ def test_contract_whole_corpus(corpus, category):
     _check(work, [c for c in cases if c.category == category])
 
 
+def test_same_seed_same_output(capsys):
+    from emulator.cli.main import main
+    argv = ["run", "--size", "16,300", "--calls", "3", "--json", "--inject", "drop@40"]
+    outs = []
+    for seed in ("5", "5", "6"):
+        assert main(argv + ["--seed", seed]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] != outs[2]
+
+
 # ------------------------------------------------------------------ the real entry point
 
 def _faultpath() -> list[str]:

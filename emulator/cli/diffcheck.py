@@ -1,6 +1,7 @@
 """`faultpath diffcheck`: instruction sequences on this CPU and in the
 emulator, compared (emulator/diffcheck).  Exit status 1 when any sequence
-differs, 2 on bad input or when the native side cannot run here."""
+differs in a way emulator/diffcheck/explain.py does not explain, 2 on bad
+input or when the native side cannot run here."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,9 @@ def register(sub, parser_class) -> None:
     p.add_argument("--kind", default="all", help=f"comma list or all: {', '.join(KINDS)}")
     p.add_argument("--only", type=_int, default=None, metavar="N", help="run sequence N of one --kind alone")
     p.add_argument("--jobs", type=_int, default=None, help="worker processes (default: 2 at most)")
-    p.add_argument("--json", metavar="FILE", help="write the whole report as JSON ('-': stdout)")
+    p.add_argument("--json", metavar="FILE", help="write the whole report as JSON ('-': stdout); checked before "
+                                                  "the run, written whole or not at all, never over a non-regular "
+                                                  "file (a symlink is written through to its regular-file target)")
     p.add_argument("--examples", type=_int, default=1, metavar="K", help="examples printed per class")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=cmd_diffcheck)
@@ -75,4 +78,4 @@ def cmd_diffcheck(args: argparse.Namespace) -> int:
     print(format_text(totals, examples=max(args.examples, 1 if args.only is None else 20)))
     if target:
         write_output(target, json.dumps(as_json(totals), indent=1) + "\n")    # whole or not at all
-    return 1 if totals.different else 0
+    return 1 if totals.unexplained else 0
