@@ -95,7 +95,9 @@ def main() -> int:
                   f"{r['raw_us']:7.1f} us/call -> ratio {r['ratio']:.2f} (target >= {SPEED_TARGETS[size]}: {verdict})")
     import importlib
     import importlib.util
-    for extra in ("bench.images", "bench.sweep", "bench.cycles"):
+    # mm at scale, instructions per call, sweeps, the cycle model (incl. the
+    # validation set), and the >= 100,000-sequence differential check.
+    for extra in ("bench.mm_scale", "bench.images", "bench.sweep", "bench.cycles", "bench.diffcheck"):
         if importlib.util.find_spec(extra) is not None:
             importlib.import_module(extra).main()
     return 0

@@ -368,3 +368,10 @@ def test_cli_json_and_exit_status(tmp_path):
 def test_cli_bad_input_is_one_line_and_exit_2(args, msg):
     p = _cli("skipcheck", *args)
     assert p.returncode == 2 and msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_66h_near_call_is_refused_not_an_error():
+    """A 66h-prefixed near call pushes 2 bytes on this CPU and 8 in Unicorn:
+    the emulator refuses it before it runs, and skipcheck says so."""
+    r = run_instruction(bytes.fromhex("66e80001"), "plain")
+    assert r.status == "refused" and "66h" in r.detail and not r.skipped

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from emulator.errors import FaultpathError
+from emulator.errors import FaultpathError, UnfaithfulInstruction
 from emulator.insn_length import skip_length
 from emulator.kernel import SENTINEL_PAGE
 from emulator.machine import Machine
@@ -210,7 +210,13 @@ def execute(ins: Instruction, placement: str, policy: str) -> Run:
     run.rip = plan.insn_addr
     refuse16 = len(plan.code) > 15
     page_end = placement == "page-end"
-    m, ctx, before_mem, before = _start(plan, policy, page_end, workaround=False)
+    try:
+        m, ctx, before_mem, before = _start(plan, policy, page_end, workaround=False)
+    except UnfaithfulInstruction as e:
+        # Refused before it ran (a 66h near call/ret: this CPU's 16-bit operand
+        # size is not what Unicorn does): like a 16-byte form, never skipped.
+        run.status, run.detail = "refused", f"refused: {e}"
+        return run
     try:
         data = plan.layout[1]
         if page_end and _readahead(ctx, plan):
