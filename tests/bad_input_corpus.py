@@ -38,7 +38,7 @@ CATEGORIES = (
     "inputs: FIFOs, sockets, /dev/zero", "inputs: directories", "inputs: 3 GiB sparse files",
     "inputs: missing, dangling, looping, too long", "inputs: empty files",
     "ELF: multi-byte corruptions (run)", "ELF: multi-byte corruptions (step, gdb, sweep, compare)",
-    "ELF: multi-byte corruptions (decodecheck)", "ELF: truncated, junk", "ELF: top bit of a section offset/size",
+    "ELF: multi-byte corruptions (decodecheck)", "ELF: corrupted code (run)", "ELF: truncated, junk", "ELF: top bit of a section offset/size",
     "assembly: bad sources", "assembly: bad patches", "profiles: malformed",
     "step scripts, skipcheck corpora: bad content",
     "compare --from-json: truncated, not a report", "compare --from-json: deeply nested",
@@ -354,7 +354,12 @@ def _loads(path: Path) -> bool:
         return False
 
 
-def elf_cases(work: Path, rng: random.Random, n_run: int, n_tools: int) -> list[Case]:
+def _entry(raw: bytes) -> int:
+    from vdso.elf_image import load_elf_bytes
+    return load_elf_bytes(raw, "entry").symbols["__vdso_getrandom"]
+
+
+def elf_cases(work: Path, rng: random.Random, n_run: int, n_tools: int, n_code: int) -> list[Case]:
     d = work / "elf"
     d.mkdir()
     sources = [_builtin_elf()] + ([h] if (h := _host_elf()) else [])
@@ -380,6 +385,20 @@ def elf_cases(work: Path, rng: random.Random, n_run: int, n_tools: int) -> list[
         cases.append(Case("ELF: multi-byte corruptions (step, gdb, sweep, compare)",
                           tuple(a.replace("{p}", f"elf/{p.name}") for a in argv)))
         made += 1
+    # the code itself: bytes of __vdso_getrandom replaced (the image loads; what it runs is anyone's guess)
+    for i in range(n_code):
+        src = rng.choice(sources)
+        b = bytearray(src)
+        entry = _entry(src)
+        for _ in range(rng.choice([1, 2, 4, 8])):
+            pos = entry + rng.randrange(0x300)
+            if pos < len(b):
+                b[pos] = rng.randrange(256)
+        p = d / f"code{i}.so"
+        p.write_bytes(bytes(b))
+        cases.append(Case("ELF: corrupted code (run)",
+                          ("run", "--image", f"elf/{p.name}", "--size", rng.choice(["0", "16", "300"]),
+                           "--calls", "2"), ok=frozenset({0, 2})))
     # decodecheck reads any ELF: a corrupt one may still decode (0), show mismatches (1) or be refused (2)
     for i in range(25):
         p = d / f"dc{i}.so"
@@ -786,7 +805,7 @@ def build_corpus(work: Path) -> list[Case]:
     (work / "in" / "report.json").write_text(json.dumps(report, indent=1))
     kinds = _special_inputs(work / "special")
     cases = input_cases(kinds)
-    cases += elf_cases(work, rng, n_run=120, n_tools=40)
+    cases += elf_cases(work, rng, n_run=120, n_tools=40, n_code=80)
     cases += asm_cases(work, rng)
     cases += profile_cases(work)
     cases += text_cases(work)
