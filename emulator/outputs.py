@@ -207,10 +207,21 @@ def _keep_mode(t: OutputTarget, fd: int) -> None:
     try:
         mode = stat.S_IMODE(os.stat(t.dest).st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
+        mode = 0o666 & ~_umask()
     os.fchmod(fd, mode)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask can only be
+    read by changing it, which another thread could observe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _recheck(t: OutputTarget) -> None:
