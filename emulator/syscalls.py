@@ -1,131 +1,48 @@
 """The emulated kernel's syscall layer (arch/x86/entry/syscall_64.c).
 
-Unicorn's `syscall` hook sees rip at the instruction and does not set RCX/R11;
-we set them as the CPU does (RCX = next rip, R11 = RFLAGS) before returning.
-Anything we do not implement returns -ENOSYS and is recorded.
+do_syscall() is the entry: it reads the number and arguments, finds the
+handler in the task's table and writes the result back as the CPU's SYSRET
+path leaves it.  Unicorn's `syscall` hook sees rip at the instruction and
+does not set RCX/R11; we set them as the CPU does (RCX = next rip,
+R11 = RFLAGS) before returning.  Anything a table does not implement returns
+-ENOSYS and is recorded.
+
+Two tables:
+- VDSO_CALL_SYSCALLS (here): the vDSO-call harness (emulator/machine.py):
+  what __vdso_getrandom and the libc-like caller can reach;
+- PROCESS_SYSCALLS (emulator/syscall_64.py): a whole program under
+  `faultpath exec` (emulator/process.py), its handlers split by area:
+  emulator/sys_mm.py, sys_files.py, sys_process.py, sys_signal.py,
+  sys_getrandom.py and sys_time.py, over emulator/syscall_abi.py.
+A task names its table in `sys_call_table`; one without uses the harness's.
 """
 from __future__ import annotations
 
-import struct
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+
+from unicorn import x86_const as X
 
 from emulator.records import CallContext, SyscallRecord
-from emulator.usercopy import copy_from_user, copy_to_user
-from mm import flags as F
-from mm.flags import PAGE_SIZE
-from vdso.abi import GRND_INSECURE, GRND_RANDOM, GRND_VALID, MAX_RW_COUNT, NR_getrandom, NR_vgetrandom_alloc, STATE_SIZE
+from emulator.syscall_abi import ENOSYS, REGS_RESTORED, U64, SyscallTable, WouldBlock, signed
+from emulator.sys_getrandom import sys_getrandom, sys_vgetrandom_alloc, vgetrandom_state_size  # noqa: F401
+from emulator.sys_mm import sys_madvise, sys_mmap, sys_mprotect, sys_munmap
+from emulator.syscall_names import syscall_name
+from vdso.abi import NR_getrandom, NR_vgetrandom_alloc
 
 if TYPE_CHECKING:
     from emulator.task import Task
 
-ENOSYS = 38
-EINVAL = 22
-EFAULT = 14
-U64 = (1 << 64) - 1
-
-
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
-def sys_getrandom(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
-    buf, count, flags = rec.args[0], rec.args[1], rec.args[2] & 0xFFFFFFFF
-    # drivers/char/random.c: unknown flags, or RANDOM together with INSECURE -> -EINVAL
-    if flags & ~GRND_VALID or (flags & (GRND_RANDOM | GRND_INSECURE)) == (GRND_RANDOM | GRND_INSECURE):
-        return -EINVAL
-    count = min(count, MAX_RW_COUNT)
-    if count == 0:
-        return 0
-    # A not-ready crng would block (or give -EAGAIN with GRND_NONBLOCK); ours is
-    # always seeded, `not-ready` only clears the vDSO's is_ready flag.
-    data = m.kernel.entropy_bytes(count)
-    rec.generated = data
-    res = copy_to_user(m, ctx, buf, data, rec.rip, "getrandom:copy_to_user")
-    rec.data_addr = buf
-    rec.data = data[:res.copied]
-    if res.livelock:
-        rec.outcome = "livelock"
-        m.finish(ctx, "livelock", f"kernel copy livelock: getrandom's copy_to_user into {buf + res.copied:#x} "
-                                  f"refaulted more than {m.livelock_limit} times")
-        return res.copied or -EFAULT
-    if res.copied == 0:
-        return -EFAULT
-    return res.copied
-
-
-def sys_mmap(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
-    addr, length, prot, flags, fd, off = rec.args
-    r = m.mm.mmap(addr, length, prot & 0xFFFFFFFF, flags & 0xFFFFFFFF, _signed(fd) if fd >= 1 << 31 else fd, off)
-    if r >= 0:
-        m.sync_range(r, length)
-    return r
-
-
-def sys_munmap(m, ctx, rec) -> int:
-    r = m.mm.munmap(rec.args[0], rec.args[1])
-    m.sync_range(rec.args[0], rec.args[1])
-    return r
-
-
-def sys_mprotect(m, ctx, rec) -> int:
-    r = m.mm.mprotect(rec.args[0], rec.args[1], rec.args[2] & 0xFFFFFFFF)
-    m.sync_range(rec.args[0], rec.args[1])
-    return r
-
-
-def sys_madvise(m, ctx, rec) -> int:
-    r = m.mm.madvise(rec.args[0], rec.args[1], rec.args[2] & 0xFFFFFFFF)
-    m.sync_range(rec.args[0], rec.args[1])
-    return r
-
-
-def vgetrandom_state_size() -> int:
-    """v14: each state is rounded up to a power of two so none straddles a page."""
-    size = 1
-    while size < STATE_SIZE:
-        size <<= 1
-    return size
-
-
-def sys_vgetrandom_alloc(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
-    """v14: vgetrandom_alloc(unsigned *num, unsigned *size_per_each, unsigned long addr, unsigned flags)."""
-    num_p, size_p, addr, flags = rec.args[0], rec.args[1], rec.args[2], rec.args[3] & 0xFFFFFFFF
-    if addr or flags:
-        return -EINVAL
-    raw = copy_from_user(m, num_p, 4)
-    raw_size = copy_from_user(m, size_p, 4)
-    if len(raw) != 4 or len(raw_size) != 4:
-        return -EFAULT
-    if struct.unpack("<I", raw_size)[0] != 0:
-        return -EINVAL
-    hint = struct.unpack("<I", raw)[0]
-    state_size = vgetrandom_state_size()
-    per_page = PAGE_SIZE // state_size
-    num = max(1, hint)
-    if num > (1 << 20):
-        return -EINVAL
-    pages = (num + per_page - 1) // per_page
-    length = pages * PAGE_SIZE
-    got = length // state_size
-    wb = copy_to_user(m, ctx, num_p, struct.pack("<I", got), rec.rip, "vgetrandom_alloc:put_user")
-    wb2 = copy_to_user(m, ctx, size_p, struct.pack("<I", state_size), rec.rip, "vgetrandom_alloc:put_user")
-    if wb.copied != 4 or wb2.copied != 4:
-        return -EFAULT
-    # v14: VM_DROPPABLE | VM_NORESERVE | VM_WIPEONFORK | VM_DONTDUMP, exactly the
-    # flags MAP_DROPPABLE later came to imply.
-    r = m.mm.mmap(0, length, F.PROT_READ | F.PROT_WRITE, F.MAP_DROPPABLE | F.MAP_ANONYMOUS, -1, 0)
-    if r < 0:
-        return r
-    m.sync_range(r, length)
-    return r
+_ARG_REGS = (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_R10, X.UC_X86_REG_R8,
+             X.UC_X86_REG_R9)
 
 
 def sys_exit(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
-    m.finish(ctx, "exit", f"exit({_signed(rec.args[0])})")
+    """The harness: a call that exits ends there (outcome "exit")."""
+    m.finish(ctx, "exit", f"exit({signed(rec.args[0])})")
     return 0
 
 
-SYSCALLS: dict[int, tuple[str, Callable]] = {
+VDSO_CALL_SYSCALLS = SyscallTable("vdso-call", {
     NR_getrandom: ("getrandom", sys_getrandom),
     9: ("mmap", sys_mmap),
     10: ("mprotect", sys_mprotect),
@@ -134,28 +51,58 @@ SYSCALLS: dict[int, tuple[str, Callable]] = {
     NR_vgetrandom_alloc: ("vgetrandom_alloc", sys_vgetrandom_alloc),
     60: ("exit", sys_exit),
     231: ("exit_group", sys_exit),
-}
+})
+SYSCALLS = VDSO_CALL_SYSCALLS.calls
 
 
 def do_syscall(m: "Task", ctx: CallContext, rip: int) -> None:
-    from unicorn import x86_const as X
+    """The `syscall` instruction at rip, as entry_SYSCALL_64 and do_syscall_64 handle it."""
     uc = m.uc
+    table: SyscallTable = getattr(m, "sys_call_table", None) or VDSO_CALL_SYSCALLS
     nr = uc.reg_read(X.UC_X86_REG_RAX)
-    args = [uc.reg_read(r) for r in (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
-                                      X.UC_X86_REG_R10, X.UC_X86_REG_R8, X.UC_X86_REG_R9)]
-    name, fn = SYSCALLS.get(nr, (f"sys_{nr}", None))
+    args = [uc.reg_read(r) for r in _ARG_REGS]
+    name, fn = table.calls.get(nr, (syscall_name(nr), None))
     rec = SyscallRecord(index=ctx.index, rip=rip, nr=nr, name=name, args=args)
+    if table.entry_work is not None:
+        table.entry_work(m, ctx, rec)
+        if ctx.done:
+            return
     cyc0 = ctx.cycles
     m.charge(ctx, "syscall", rip, {"nr": nr, "name": name}, cycles=0)
-    ret = fn(m, ctx, rec) if fn is not None else -ENOSYS
-    rec.ret = ret
+    try:
+        ret = fn(m, ctx, rec) if fn is not None else -ENOSYS
+    except WouldBlock as wb:
+        _sleep(m, ctx, rip, wb)
+        return
+    if ret is REGS_RESTORED:
+        # rt_sigreturn: every register came from the signal frame.
+        rec.ret = signed(uc.reg_read(X.UC_X86_REG_RAX))
+        ctx.rip = uc.reg_read(X.UC_X86_REG_RIP)
+    else:
+        rec.ret = ret
+        next_rip = rip + 2
+        uc.reg_write(X.UC_X86_REG_RAX, ret & U64)
+        uc.reg_write(X.UC_X86_REG_RCX, next_rip)                              # as SYSCALL does
+        uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))      # as SYSCALL does
+        uc.reg_write(X.UC_X86_REG_RIP, next_rip)
+        ctx.rip = next_rip
     nbytes = len(rec.data) if nr == NR_getrandom else 0
-    m.charge(ctx, "syscall_return", rip, {"nr": nr, "ret": ret}, cycles=m.kernel.profile.syscall_cost(nr, nbytes))
+    m.charge(ctx, "syscall_return", rip, {"nr": nr, "ret": rec.ret},
+             cycles=m.kernel.profile.syscall_cost(nr, nbytes))
     rec.cycles = ctx.cycles - cyc0
     ctx.result.syscalls.append(rec)
-    next_rip = rip + 2
-    uc.reg_write(X.UC_X86_REG_RAX, ret & U64)
-    uc.reg_write(X.UC_X86_REG_RCX, next_rip)                              # as SYSCALL does
-    uc.reg_write(X.UC_X86_REG_R11, uc.reg_read(X.UC_X86_REG_EFLAGS))      # as SYSCALL does
-    uc.reg_write(X.UC_X86_REG_RIP, next_rip)
-    ctx.rip = next_rip
+    if table.exit_work is not None:
+        table.exit_work(m, ctx, rec)
+
+
+def _sleep(m: "Task", ctx: CallContext, rip: int, wb: WouldBlock) -> None:
+    """The task sleeps in the syscall: when woken it executes the `syscall`
+    instruction again (rax still holds the number), as a restarted syscall
+    does.  The instruction retires only once, so its count is taken back."""
+    wb.queue.add(m)
+    m.sleep(wb.queue, wb.why)
+    m.uc.reg_write(X.UC_X86_REG_RIP, rip)
+    ctx.rip = rip
+    ctx.index -= 1
+    ctx.result.instructions = ctx.index
+    ctx.stop_requested = True
