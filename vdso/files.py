@@ -4,10 +4,11 @@ sources, profiles, step scripts, skipcheck corpora, compare reports.
 Every reader goes through `open_input`, which
 
 - refuses an empty path, and anything that is not a regular file (directory,
-  FIFO, socket, device node) with one line.  The file is opened with
-  O_NONBLOCK first and the *opened* descriptor is fstat'ed, so a FIFO without
-  a writer or a device never blocks us, and nothing can be swapped in between
-  the check and the read;
+  FIFO, socket, device node) with one line.  What is there is fstat'ed
+  through an O_PATH descriptor, which opens nothing (a FIFO would block, a
+  device's open can have effects); a regular file is then opened with
+  O_NONBLOCK and must be the same inode, so nothing swapped in meanwhile is
+  read either;
 - caps the size before reading: the reported size is checked, then at most
   limit + 1 bytes are read, because /proc files report 0 and a file may grow
   while we read it;
@@ -42,7 +43,7 @@ def file_kind(mode: int) -> str:
     for test, name in _KINDS:
         if test(mode):
             return name
-    return "not a regular file"
+    return "a special file"
 
 
 def _fail(error: type[FaultpathError], label: str, why: str) -> FaultpathError:
@@ -56,25 +57,38 @@ def open_input(path: str, *, limit: int, label: str | None = None,
     label = label or path
     if not path:
         raise error(f"{label.strip() + ' ' if label.strip() else ''}'': empty path")
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    # First an O_PATH descriptor: it opens nothing (a device's open can have
+    # effects: a tape rewinds, a watchdog starts), yet fstat tells what is there.
     try:
-        fd = os.open(path, flags)
+        probe = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except ValueError:                                  # an embedded NUL byte
         raise _fail(error, label, "the path contains a NUL byte") from None
     except OSError as e:
         raise _fail(error, label, _strerror(e)) from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _fail(error, label, f"is {file_kind(st.st_mode)}, not a regular file")
-        if st.st_size > limit:
-            raise _fail(error, label, f"{st.st_size} bytes, more than the {limit} this input may have")
-        # Regular files ignore O_NONBLOCK; clear it anyway so that reads are plain.
-        os.set_blocking(fd, True)
+        st = os.fstat(probe)
+    finally:
+        os.close(probe)
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(error, label, f"is {file_kind(st.st_mode)}, not a regular file")
+    if st.st_size > limit:
+        raise _fail(error, label, f"{st.st_size} bytes, more than the {limit} this input may have")
+    # Then the real open, non-blocking in case something else was put there
+    # meanwhile: it must be the same file.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise _fail(error, label, _strerror(e)) from None
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(now.st_mode):
+            raise _fail(error, label, "changed while it was being opened")
+        os.set_blocking(fd, True)        # a regular file: reads are plain
         f = os.fdopen(fd, "rb", buffering=0)
     except BaseException:
         os.close(fd)
         raise
+    st = now
     return f, st
 
 
