@@ -128,7 +128,7 @@ def make_parser() -> argparse.ArgumentParser:
 # Sub-commands living in their own modules register themselves here.
 _EXTRA_COMMANDS = ["emulator.cli.asm", "emulator.cli.step", "emulator.cli.gdb", "emulator.cli.skipcheck",
                    "emulator.cli.decodecheck", "emulator.cli.sweep", "emulator.cli.calibrate", "emulator.cli.bench",
-                   "emulator.cli.compare", "emulator.cli.diffcheck"]
+                   "emulator.cli.compare", "emulator.cli.diffcheck", "emulator.cli.exec"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,8 @@ PROGRAMS = {
     "getrandom_loop_static": ("getrandom_loop.c", True),
     "getrandom_fork": ("getrandom_fork.c", False),
     "getrandom_signal": ("getrandom_signal.c", False),
+    "thread_create": ("thread_create.c", False),
+    "sigrestart": ("sigrestart.c", False),
 }
 HEADERS = ("tally.h",)
 
