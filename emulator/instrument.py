@@ -207,7 +207,7 @@ def effective_address(read_reg, mem: tuple) -> int:
         ea += nxt
     elif base:
         ea += read_reg(base)
-    if index:
+    if index and index not in ("riz", "eiz"):       # a SIB byte with no index: capstone's pseudo-register
         ea += read_reg(index) * scale
     ea &= 0xFFFF_FFFF if addr32 else 0xFFFF_FFFF_FFFF_FFFF
     if seg in ("fs", "gs"):

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from emulator.errors import ImageError
 from emulator.kernel import SENTINEL_PAGE
-from emulator.machine import STACK_SIZE, STACK_TOP
 from mm import flags as F
 from mm.mm_struct import MM
 from mm.mmap import get_unmapped_area
@@ -37,6 +36,11 @@ from vdso.image import PAGE_SIZE, VdsoImage
 
 if TYPE_CHECKING:
     from emulator.kernel import Kernel
+
+# The stack a Machine gives its calls (a process run by `faultpath exec`
+# gets a full-size one from emulator/binfmt_elf.py).
+STACK_TOP = 0x7FFF_FFFF_0000
+STACK_SIZE = 64 * 1024
 
 KERNEL_VM_FLAGS = F.VM_IO | F.VM_PFNMAP | F.VM_DONTEXPAND | F.VM_DONTDUMP | F.VM_MAYREAD
 _PERMS = {"r": F.VM_READ, "rx": F.VM_READ | F.VM_EXEC | F.VM_MAYEXEC}

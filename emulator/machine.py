@@ -13,6 +13,7 @@ from unicorn import x86_const as X
 from emulator import entry, fault, syscalls
 from emulator.errors import EmulationError
 from emulator.kernel import SENTINEL_PAGE, Kernel
+from emulator.layout import STACK_SIZE, STACK_TOP, install_kernel_mappings
 from emulator.records import (DEFAULT_BUDGET, DEFAULT_LIVELOCK, CallContext, CallResult,  # noqa: F401
                               Injection)
 from emulator.task import Task
@@ -21,8 +22,6 @@ from mm import flags as F
 from mm.flags import PAGE_SIZE
 from mm.mm_struct import MM
 
-STACK_TOP = 0x7FFF_FFFF_0000
-STACK_SIZE = 64 * 1024
 _ARG_REGS = (X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX, X.UC_X86_REG_RCX, X.UC_X86_REG_R8,
              X.UC_X86_REG_R9)       # SysV: the first six integer arguments
 
@@ -36,6 +35,9 @@ class Machine(Task):
         super().__init__(kernel, mm, droppable_oom=droppable_oom, livelock_limit=livelock_limit,
                          rlimit_memlock=rlimit_memlock, name=name)
         if _stack:
+            # A fresh process: the kernel's mappings are VMAs before anything
+            # else is mapped (a forked child inherits them).
+            install_kernel_mappings(self.mm, kernel)
             r = self.mm.mmap(STACK_TOP - STACK_SIZE, STACK_SIZE, F.PROT_READ | F.PROT_WRITE,
                              F.MAP_PRIVATE | F.MAP_ANONYMOUS | F.MAP_FIXED)
             if r < 0:
