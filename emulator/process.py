@@ -143,8 +143,8 @@ class Process(Machine):
         self._timed: list[tuple[int, int, Callable[["Process"], None]]] = []
         self._timed_seq = 0
         self._hit: int | None = None
-        self._resume_rip: int | None = None
-        self._left_resume = True
+        self._resume_rip: int | None = None       # where the run loop last resumed, and at which index
+        self._resume_index = -1
         self._block_costs: dict[int, float] = {}
         self._resume_fpu_init()
 
@@ -347,10 +347,11 @@ class Process(Machine):
         self._timed.sort()
 
     def _on_watch(self, task, address: int) -> None:
-        if not self._left_resume and address == self._resume_rip:
-            self._left_resume = True        # the stop we resume from: let it run
+        if address == self._resume_rip and self.ctx.index == self._resume_index and self.recorder.count <= 1:
+            # The instruction we stopped before, run now (also when it faults
+            # and runs again: nothing has retired since, and this run has
+            # entered no other block).  Not a new arrival.
             return
-        self._left_resume = True
         self._hit = address
         self.ctx.stop_requested = True
         self.uc.emu_stop()
@@ -381,7 +382,7 @@ class Process(Machine):
             if ctx.done or self.state != RUNNING:
                 break
             stop_at = self._timed[0][0] if self._timed else None
-            self._resume_rip, self._left_resume = ctx.rip, False
+            self._resume_rip, self._resume_index = ctx.rip, ctx.index
             entry.run(self, ctx, stop_at)
             if self.cpu_hooks.error is not None:
                 err, self.cpu_hooks.error = self.cpu_hooks.error, None
