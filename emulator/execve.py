@@ -20,8 +20,7 @@ from emulator.binfmt_elf import ExecError, load_elf_binary, program_search_dirs,
 from emulator.cycles.profile import load_profile
 from emulator.fdtable import Console as ConsoleFile
 from emulator.kernel import Kernel
-from emulator.layout import install_kernel_mappings, place_image
-from emulator.machine import STACK_TOP
+from emulator.layout import STACK_TOP, install_kernel_mappings, place_image
 from emulator.process import Heap, Process
 from emulator.records import DEFAULT_LIVELOCK
 from emulator.sched import Console, System

@@ -79,7 +79,7 @@ def test_probe_stack_and_auxv_as_the_kernel_lays_them_out(probe, emulated):
 def test_probe_strings_are_where_exec_puts_them(emulated):
     """The file name at the very top (below a null word), AT_RANDOM's 16
     bytes right below the platform string."""
-    from emulator.machine import STACK_TOP
+    from emulator.layout import STACK_TOP
     e = dict(_parse(emulated.stdout.decode())["aux"])
     assert e[B.AT_EXECFN] + len(emulated.config["program"]) + 1 == STACK_TOP - 8
     assert e[B.AT_RANDOM] == e[B.AT_PLATFORM] - 16
