@@ -76,12 +76,16 @@ def test_native_side_by_side():
     (("exec", "{text}"), "not an ELF"),
     (("exec",), "PROGRAM"),
 ])
-def test_bad_input(probe, tmp_path, args, needle):
+def test_bad_input(probe, tmp_path, capsys, args, needle):
+    """In-process through main(argv), as the bad-input corpus runs."""
+    from emulator.cli.main import main
     text = tmp_path / "script"
     text.write_text("#!/bin/sh\necho hi\n")
     text.chmod(0o755)
-    argv = [a.format(probe=probe, text=text) for a in args]
-    assert_bad(fp(*argv), needle)
+    assert main([a.format(probe=probe, text=text) for a in args]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err and needle in lines[0], err
 
 
 def test_budget_ends_the_program(probe):
