@@ -11,7 +11,7 @@ import pytest
 
 from emulator.exec.strace import have_strace
 from exec_helpers import build_auxv_probe, glibc_programs
-from test_cli import assert_bad, fp
+from test_cli import fp
 
 pytestmark = pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 programs")
 
