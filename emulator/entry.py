@@ -187,7 +187,11 @@ def _run_once(m: "Task", ctx: CallContext, remaining: int, exit_at: int | None) 
         m.readahead_exit = pf.address
         return None
     before = ctx.index
-    stopped_in_block = err is not None or m.exception is not None
+    # Unless the native hook stopped us at a block boundary, the stop came
+    # from inside the last block (a fault, an exception, a hook that stopped
+    # the CPU before its instruction: a breakpoint): it retired only the
+    # instructions before stop_rip.
+    stopped_in_block = reason == blockhook.NONE or err is not None or m.exception is not None
     account(m, ctx, stop_rip, partial=stopped_in_block)
     if ctx.index != before:
         ctx.refaults = 0

@@ -301,9 +301,9 @@ class Task:
         return [self.uc.reg_read(i) for i in XMM_IDS]
 
     def copy_cpu_from(self, other: "Task") -> None:
-        for i in GPR_IDS + XMM_IDS:
-            self.uc.reg_write(i, other.uc.reg_read(i))
-        self.uc.reg_write(X.UC_X86_REG_MXCSR, other.uc.reg_read(X.UC_X86_REG_MXCSR))
+        """The whole CPU state (fork): general, segment-base, x87, SSE and
+        control state, and the privilege level, as one Unicorn context."""
+        self.uc.context_restore(other.uc.context_save())
 
     # ------------------------------------------------------------------ the call's bookkeeping
     def charge(self, ctx: CallContext, kind: str, rip: int, detail: dict | None = None,
