@@ -41,6 +41,9 @@ NOT_READY_REASON = ("no native form: vdso_rng_data.is_ready is kernel-owned (set
                     "becomes ready; the vvar page is read-only to user space)")
 
 
+PAGEOUT_ATTEMPTS = 5
+
+
 def drop(t: Tracee, layout: Layout, read_back: bool = False) -> EventRecord:
     """Reclaim the state's pages from outside the process.  Verified by
     pagemap (no PTE left); read_back also reads the state through
@@ -48,8 +51,14 @@ def drop(t: Tracee, layout: Layout, read_back: bool = False) -> EventRecord:
     would too, but the run then no longer starts from a reclaimed page)."""
     pidfd = pt.pidfd_open(t.pid)
     try:
-        for page in layout.state_pages():
-            pt.process_madvise(pidfd, page, PAGE_SIZE, pt.MADV_PAGEOUT)
+        # MADV_PAGEOUT skips a folio it cannot isolate at that moment (another
+        # reclaim holds it, on a loaded machine): ask again a few times.
+        for _attempt in range(PAGEOUT_ATTEMPTS):
+            left = [p for p in layout.state_pages() if t.page_present(p)]
+            if not left:
+                break
+            for page in left:
+                pt.process_madvise(pidfd, page, PAGE_SIZE, pt.MADV_PAGEOUT)
     finally:
         os.close(pidfd)
     present = [hex(p) for p in layout.state_pages() if t.page_present(p)]
