@@ -5,7 +5,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: run test bench asm clean glibc
+.PHONY: run test test-slow bench asm clean glibc
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,8 +16,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/faultpath run
 
+# The suite, in a few minutes on 2 cores.  The long runs (whole-corpus
+# skipcheck, every-boundary sweeps, the mutants, the big differential and
+# bad-input corpora) are marked slow: `make test-slow` runs them, and CI runs
+# both (.ci/run).
 test: $(STAMP) glibc
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP) glibc
+	$(VPY) -m pytest -q -m slow
 
 # Debian 13's glibc 2.41 (a vDSO getrandom client) in build/glibc, and the
 # programs of tests/clients built against it.  Cached; without apt or the
