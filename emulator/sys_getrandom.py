@@ -6,13 +6,16 @@ from typing import TYPE_CHECKING
 
 from emulator.records import CallContext, SyscallRecord
 from emulator.syscall_abi import EFAULT, EINVAL
-from emulator.usercopy import copy_from_user, copy_to_user
+from emulator.usercopy import CopyResult, copy_from_user, copy_to_user
 from mm import flags as F
 from mm.flags import PAGE_SIZE
 from vdso.abi import GRND_INSECURE, GRND_RANDOM, GRND_VALID, MAX_RW_COUNT, STATE_SIZE
 
 if TYPE_CHECKING:
     from emulator.task import Task
+
+
+GETRANDOM_CHUNK = 1 << 16
 
 
 def sys_getrandom(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
@@ -25,11 +28,24 @@ def sys_getrandom(m: "Task", ctx: CallContext, rec: SyscallRecord) -> int:
         return 0
     # A not-ready crng would block (or give -EAGAIN with GRND_NONBLOCK); ours is
     # always seeded, `not-ready` only clears the vDSO's is_ready flag.
-    data = m.kernel.entropy_bytes(count)
-    rec.generated = data
-    res = copy_to_user(m, ctx, buf, data, rec.rip, "getrandom:copy_to_user")
+    # get_random_bytes_user() generates and copies block by block and stops at
+    # the first fault: a huge count costs what is copied, not what was asked.
+    # (Chunks are whole 32-bit words, so the seeded stream is the same as one
+    # draw of the whole count.)
+    generated = bytearray()
+    copied = 0
+    res = None
+    while copied < count:
+        data = m.kernel.entropy_bytes(min(GETRANDOM_CHUNK, count - copied))
+        generated += data
+        res = copy_to_user(m, ctx, buf + copied, data, rec.rip, "getrandom:copy_to_user")
+        copied += res.copied
+        if res.copied < len(data) or res.livelock:
+            break
+    rec.generated = bytes(generated)
     rec.data_addr = buf
-    rec.data = data[:res.copied]
+    rec.data = bytes(generated[:copied])
+    res = CopyResult(copied, livelock=res.livelock)
     if res.livelock:
         rec.outcome = "livelock"
         m.finish(ctx, "livelock", f"kernel copy livelock: getrandom's copy_to_user into {buf + res.copied:#x} "

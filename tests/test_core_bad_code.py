@@ -1,7 +1,6 @@
 """Code a corrupt image may contain must end in an outcome, never a traceback
 (issue 15): found by flipping bytes of __vdso_getrandom; reduced to two
-hand-written images.  Both failures are in the core run loop, hence xfail
-(strict: the mark goes when the fix comes)."""
+hand-written images."""
 from __future__ import annotations
 
 import json
@@ -38,9 +37,6 @@ def test_a_store_through_a_sib_byte_without_index(tmp_path, capsys):
     assert call["outcome"] == "returned" and call["ret"] == 16
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="emulator/syscalls getrandom -> Kernel.entropy_bytes(count) with count near 2^63: the "
-                          "kernel clamps count to MAX_RW_COUNT and copies until a fault (bytes copied, or -EFAULT)")
 def test_the_getrandom_syscall_with_a_huge_count(tmp_path, capsys):
     call = _run(tmp_path, "    mov eax, 318\n    movabs rsi, 0x7fffffffffffffff\n    xor edx, edx\n"
                           "    syscall\n    ret\n", capsys)
