@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from unicorn import UC_ERR_READ_PROT, UcError
+from unicorn import UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UcError
 from unicorn import x86_const as X
 
-from emulator import blockhook, fault, inject, syscalls
+from emulator import blockhook, fault, fixups, inject, syscalls
 from emulator.errors import EmulationError, UnfaithfulInstruction
 from emulator.instrument import refusal
 from emulator.umip import fixup_umip_exception
@@ -155,6 +155,10 @@ def _run_once(m: "Task", ctx: CallContext, remaining: int, exit_at: int | None) 
         uc.reg_write(X.UC_X86_REG_RFLAGS, m.saved_flags.get(rip, rflags))
         m.fault, m.fault_cpu = PendingFault("read", addr, 1), None
         err = err or UcError(UC_ERR_READ_PROT)
+    if err is None and m.fault is not None:
+        # A fault a hook found before the access (emulator/fixups.py): the CPU
+        # checks a whole operand that Unicorn stores only in part.
+        err = UcError(UC_ERR_WRITE_PROT)
     pf = m.fault
     if err is not None and m.fault_cpu is not None:
         hook_rip, hook_flags, hook_ctx = m.fault_cpu
@@ -174,6 +178,8 @@ def _run_once(m: "Task", ctx: CallContext, remaining: int, exit_at: int | None) 
         stop_rip = m.syscall.rip + 2
     else:
         stop_rip = m.regs64.read(X.UC_X86_REG_RIP)
+    if m.pending_fixup is not None:
+        fixups.settle(m, stop_rip)      # stopped right after an instruction Unicorn gets wrong
     reason = m.recorder.reason
     if err is not None and pf is not None and pf.access == "exec" and pf.address != stop_rip \
             and exit_at is None:

@@ -170,6 +170,9 @@ def do_user_addr_fault(m: "Task", ctx: CallContext, pf: PendingFault, rip: int) 
     _handle(m, ctx, rec, {})
 
 
+_VA_MASK = (1 << 48) - 1        # what Unicorn keeps of a linear address
+
+
 def _canonical(address: int) -> bool:
     """x86-64 with 4-level paging: bits 63..47 all equal."""
     top = address >> 47
@@ -188,10 +191,24 @@ def _cpu_fault_address(m: "Task", code: bytes, rip: int, reported: int, access: 
     page = reported & PAGE_MASK
     mnemonic, spans = _access_spans(m, code, rip)
     for start, size in spans:
+        end = (start + size - 1) & (1 << 64) - 1
+        if not (_canonical(start) and _canonical(end)) and (start & _VA_MASK) >> 12 <= page >> 12 <= \
+                (end & _VA_MASK) >> 12:
+            # Unicorn drops the address bits above 47 and reports the
+            # truncated address: the CPU raises #GP (the caller's check).
+            return start if not _canonical(start) else end
         if not (start < page + PAGE_SIZE and start + size > page):
             continue
-        if mnemonic in ("fxsave", "fxsave64") and not m.mmu.allows(start + 511, access):
-            return start + 511          # this CPU reports the save area's last byte (measured natively)
+        first = _SAVE_FIRST_FIELD.get(mnemonic)
+        if first is not None:
+            if size in (14, 94):
+                first = 2                   # the 16-bit layouts (66h) start with a word
+            # State saves store their first field, then touch the area's last
+            # byte, before the rest (measured natively): the fault is at the
+            # first byte of those that cannot be written.
+            for a in [*range(start, start + min(first, size)), start + size - 1]:
+                if not m.mmu.allows(a, access):
+                    return a
         va = start & PAGE_MASK
         while va < start + size:
             if not m.mmu.allows(va, access):
@@ -202,9 +219,15 @@ def _cpu_fault_address(m: "Task", code: bytes, rip: int, reported: int, access: 
 
 
 # Memory operands whose size capstone does not print: the x87/SSE state areas
-# (64-bit mode; fnsave/frstor with a 32-bit operand size layout).
+# (64-bit mode; fnsave/frstor with a 32-bit operand size layout; xsave: the
+# legacy area and its header, all the emulated CPU's XCR0 holds).
 _AREA_SIZES = {"fxsave": 512, "fxsave64": 512, "fxrstor": 512, "fxrstor64": 512, "fnsave": 108, "frstor": 108,
-               "fnstenv": 28, "fldenv": 28}
+               "fnstenv": 28, "fldenv": 28, "xsave": 576, "xsave64": 576, "xsaveopt": 576, "xsaveopt64": 576}
+_AREA_SIZES_16 = {"fnsave": 94, "frstor": 94, "fnstenv": 14, "fldenv": 14}      # with a 66h prefix
+# Bytes of the first field a state save stores (the 16-bit layouts, 66h: 2);
+# fxsave's area is 16-byte aligned, so its first store never straddles.
+_SAVE_FIRST_FIELD = {"fnstenv": 4, "fstenv": 4, "fnsave": 4, "fsave": 4, "fxsave": 0, "fxsave64": 0, "xsave": 0,
+                     "xsave64": 0, "xsaveopt": 0, "xsaveopt64": 0}
 
 
 def _access_spans(m: "Task", code: bytes, rip: int) -> tuple[str, list[tuple[int, int]]]:
@@ -217,7 +240,8 @@ def _access_spans(m: "Task", code: bytes, rip: int) -> tuple[str, list[tuple[int
         mn = ins.mnemonic
         for op in ins.operands:
             if op.type == cs_x86.X86_OP_MEM:
-                size = _AREA_SIZES.get(mn) or mem_operand_size(ins.op_str, mn) or op.size
+                size = (_AREA_SIZES_16.get(mn) if 0x66 in bytes(ins.prefix) else None) or _AREA_SIZES.get(mn) \
+                    or mem_operand_size(ins.op_str, mn) or op.size
                 spans.append((effective_address(reg, mem_descriptor(md, ins, op)), size))
         if mn.startswith("maskmov"):
             spans.append((reg("rdi"), 16 if mn == "maskmovdqu" else 8))

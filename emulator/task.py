@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_PROT,
                      UC_HOOK_MEM_UNMAPPED, UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED, UC_MEM_READ_PROT,
@@ -21,6 +21,7 @@ from unicorn import (UC_ARCH_X86, UC_HOOK_CODE, UC_HOOK_INSN, UC_HOOK_INTR, UC_H
 from unicorn import x86_const as X
 from unicorn.unicorn_py3 import unicorn as _ucmod
 
+from emulator import fixups
 from emulator.blockhook import BlockRecorder
 from emulator.cpu import enter_user_mode
 from emulator.cycles.blocks import BlockCache
@@ -123,6 +124,7 @@ class Task:
         self.exception: PendingException | None = None
         self.readahead_exit: int | None = None
         self.saved_flags: dict[int, int] = {}   # rip -> RFLAGS as an instruction hook fired there
+        self.pending_fixup: fixups.Pending | None = None   # an instruction Unicorn gets wrong, running
         self.insn_hooks: dict[int, InsnHook] = {}
         self._tool_hooks: dict[int, int] = {}     # hook handle -> address (hook_code)
         self._insn_hook_handles: dict[int, int] = {}
@@ -201,21 +203,35 @@ class Task:
 
     def _on_insn_hook(self, uc, address, size, ih: InsnHook) -> None:
         try:
+            if ih.fence and self.fault is not None:     # the helper store before us faulted
+                uc.emu_stop()
+                return
+            if ih.first and not self._first_of_run(address):
+                # Run it first in an emulation run, where Unicorn's lazy flags are
+                # exact whatever the hooks do (emulator/instrument.py): stop, resume.
+                uc.emu_stop()
+                return
+            if self.pending_fixup is not None and fixups.finish(self, uc, address):
+                return                                  # the instruction before completed: fixed at the stop
             # Any code hook on an instruction that faults makes Unicorn unwind to
             # stale lazy flags: keep the true ones (read right in a code hook).
             self.saved_flags[address] = uc.reg_read(X.UC_X86_REG_RFLAGS)
-            if ih.kind == "fence":
-                if self.fault is not None:      # the helper store before us faulted
-                    uc.emu_stop()
-                return
             if ih.kind == "raise" or (ih.kind == "align16" and effective_address(self.read_reg_by_name, ih.mem) % 16):
                 self.exception = PendingException(ih.trapno, address, ih.why)
                 uc.emu_stop()
             elif ih.kind == "raise_after":          # a trap: it reports the next instruction
                 self.exception = PendingException(ih.trapno, address + ih.length, ih.why)
                 uc.emu_stop()
+            elif ih.fixup is not None:
+                fixups.start(self, uc, ih.fixup)    # what Unicorn will get wrong, put right at the next one
         except BaseException as e:
             self.hook_error = e
+
+    def _first_of_run(self, address: int) -> bool:
+        """Whether the instruction at address is the first this run executes
+        (the run's first block starts there and is the only one entered)."""
+        rec = self.recorder
+        return rec.count == 1 and rec.entries()[0] & 0xFFFF_FFFF_FFFF == address
 
     def forget_code(self, lo: int, hi: int) -> None:
         """Code in [lo, hi) was unmapped or replaced: forget its blocks and
@@ -269,11 +285,21 @@ class Task:
         if has_multi_piece_store(code, addr):
             self.mmu.widen_tail(TAIL_MULTI_PIECE)
         for ih in hooks_for(code, addr):
-            if ih.address in self.insn_hooks:
-                continue
+            old = self.insn_hooks.get(ih.address)
+            if old is not None:
+                # A fence comes from the instruction before, which another block may have shown;
+                # past this block, the block that holds the address decides the rest.
+                inside = addr <= ih.address < addr + size
+                ih = replace(ih if inside else old, fence=ih.fence or old.fence)
+                if ih == old:
+                    continue
+                self.uc.hook_del(self._insn_hook_handles.pop(ih.address))
             self.insn_hooks[ih.address] = ih
             self._insn_hook_handles[ih.address] = self.uc.hook_add(UC_HOOK_CODE, self._on_insn_hook, ih,
                                                                    ih.address, ih.address)
+            if not addr <= ih.address < addr + size:
+                # Where the block's last instruction completes: that block may be translated already.
+                self.uc.ctl_remove_cache(ih.address, ih.address + 1)
             added = True
         if added:
             # The TB was translated before we saw it: translate it again with the hooks.

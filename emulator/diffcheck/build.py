@@ -27,9 +27,32 @@ EDGES = (0, 1, 2, 0x0F, 0x10, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFF, 0
 @lru_cache(maxsize=8192)
 def assemble(text: str) -> bytes:
     """Position-independent fragment bytes (no RIP-relative operand, branches
-    only inside the fragment)."""
+    only inside the fragment).
+
+    The project's dialect (vdso/asm_source.py: decimal literals made hex for
+    keystone's radix 16) through one keystone engine kept for the process:
+    assemble_snippet makes an engine and redirects stderr per call, which is
+    most of a generator's time.  A refusal goes through assemble_snippet
+    again, for its message."""
+    from vdso.asm_program import Program
+    from vdso.asm_source import parse
+    plain = Program(parse("<diffcheck fragment>", text), CODE_ADDR).plain_text()
+    try:
+        enc, _ = _keystone().asm(plain.encode(), CODE_ADDR, as_bytes=True)
+        if enc:
+            return bytes(enc)
+    except Exception:        # keystone.KsError; the message comes from assemble_snippet below
+        pass
     from vdso.asm_build import assemble_snippet
     return assemble_snippet(text, CODE_ADDR, "<diffcheck fragment>")
+
+
+@lru_cache(maxsize=None)
+def _keystone():
+    from keystone import KS_ARCH_X86, KS_MODE_64, KS_OPT_SYNTAX_INTEL, Ks
+    ks = Ks(KS_ARCH_X86, KS_MODE_64)
+    ks.syntax = KS_OPT_SYNTAX_INTEL          # sets the lexer radix to 16, as vdso/keystone_run.py does
+    return ks
 
 
 def value(rng) -> int:
@@ -72,6 +95,8 @@ class SequenceBuilder:
         self.mxcsr = MXCSR_DEFAULT
         self.tags: dict[str, str] = {}
         self.note = ""
+        self._decoded: list = []        # the code decoded so far (it only grows): _decode()
+        self._decoded_end = 0
 
     @property
     def here(self) -> int:
@@ -88,7 +113,19 @@ class SequenceBuilder:
         """Arithmetic flags defined after what is emitted so far (rcx unknown
         until a value is chosen for it: shifts by cl count as undefining)."""
         from emulator.diffcheck.eflags import FlagState
-        return FlagState(self.regs, known_rcx="rcx" in self.regs).walk(bytes(self.code), CODE_ADDR).defined
+        return FlagState(self.regs, known_rcx="rcx" in self.regs).run(self._decode()).defined
+
+    def _decode(self) -> list:
+        """The code's instructions, decoding only what was added since the last
+        call (a generator asks after every fragment; the code only grows, and
+        an instruction cut at the end is decoded again once it is whole)."""
+        if self._decoded_end < len(self.code):
+            from emulator.diffcheck.operands import decode_all
+            new = decode_all(bytes(self.code[self._decoded_end:]), CODE_ADDR + self._decoded_end)
+            if new:
+                self._decoded += new
+                self._decoded_end = new[-1].address + new[-1].size - CODE_ADDR
+        return self._decoded
 
     def pad(self, n: int) -> None:
         """int3 filler (a jump or call target skips over it)."""
@@ -118,7 +155,7 @@ class SequenceBuilder:
                 c = bytearray(self.rng.randbytes(PAGE))
             content.append(bytes(c) if (c is not None and st in HAS_CONTENT) else None)
         from emulator.diffcheck.eflags import FlagState
-        flags = FlagState(regs).walk(bytes(self.code), CODE_ADDR)
+        flags = FlagState(regs).run(self._decode())
         return Sequence(kind=self.kind, index=self.index, seed=self.seed, lines=self.lines, code=bytes(self.code),
                         exit_slot=exit_at + len(EXIT), regs=regs, xmm=self.xmm, mm=self.mm, mxcsr=self.mxcsr,
                         pages=list(self.pages), content=content, note=self.note, tags=self.tags,

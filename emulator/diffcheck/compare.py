@@ -14,6 +14,8 @@ short word the report groups by:
   faults[...]     the faults taken and resolved (rip, address, access, error
                   code): read-then-write, extra, missing, address, error-code
   rflags[CF,AF]   arithmetic flags (and DF), by bit
+  rflags-undefined[OF]  flags the CPU leaves undefined where the run ended
+                  (eflags.py): never an error, explained by explain.py
   gpr             general registers
   xmm, mxcsr      SSE state
   memory          data page bytes
@@ -47,10 +49,8 @@ class Difference:
 
     @property
     def flag_bits(self) -> list[str]:
-        for p in self.parts:
-            if p.startswith("rflags["):
-                return p[len("rflags["):-1].split(",")
-        return []
+        """The flags that differ (undefined ones included)."""
+        return [b for p in self.parts if p.startswith("rflags") for b in p[p.index("[") + 1:-1].split(",")]
 
     def as_dict(self) -> dict:
         return {"class": self.klass, "details": self.details, "sequence": self.seq.as_dict(),
@@ -76,6 +76,14 @@ def compare(seq: Sequence, native: RunState, emulated: RunState) -> Difference |
         d.parts.append(f"rflags[{','.join(flag_names(diff))}]")
         d.details.append(f"rflags native {native.rflags & mask:#x} emulated {emulated.rflags & mask:#x}"
                          f" ({' '.join(flag_names(diff))}; compared {' '.join(flag_names(mask))})")
+    undefined = (native.rflags ^ emulated.rflags) & FLAGS_MASK & ~mask
+    if undefined:
+        # Flags the CPU leaves undefined where the run stopped: any value is
+        # right, but the difference is named (explain.py says which
+        # instruction left them so).
+        d.parts.append(f"rflags-undefined[{','.join(flag_names(undefined))}]")
+        d.details.append(f"undefined flags native {native.rflags & undefined:#x} emulated "
+                         f"{emulated.rflags & undefined:#x} ({' '.join(flag_names(undefined))})")
     regs = [r for r in GPRS if native.gprs.get(r) != emulated.gprs.get(r)]
     if regs:
         d.parts.append("gpr")

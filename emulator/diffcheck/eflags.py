@@ -106,10 +106,13 @@ def effect(d: Decoded, rcx: int | None) -> tuple[int, int] | None:
         if n is None:
             return None
         bits = _operand_bits(d)
-        if op in _RC and bits in (8, 16):
-            n %= bits + 1
         if n == 0:
-            return (0, 0)
+            return (0, 0)           # a masked count of 0 affects no flag
+        if op in _RC and bits in (8, 16) and n % (bits + 1) == 0:
+            # rcl/rcr of 8/16 bits rotate by the masked count mod 9/17: by
+            # nothing here, so CF keeps its value; OF is defined only for a
+            # masked count of 1 (SDM vol. 2, RCL/RCR/ROL/ROR "Flags Affected").
+            return (0, O)
         if op in _ROTATES | _RC:
             return (C | O, 0) if n == 1 else (C, O)
         if op in _DOUBLE and n > bits:
@@ -130,20 +133,37 @@ class FlagState:
         self.undefined = 0
         self.rcx = regs.get("rcx") if known_rcx else None
         self.masks: dict[int, int] = {}
+        self.by: dict[int, str] = {}        # flag bit -> the instruction that left it undefined
 
     def step(self, d: Decoded) -> None:
         self.masks.setdefault(d.address, ALL & ~self.undefined)
         eff = effect(d, self.rcx)
         if eff is None:
-            self.undefined = ALL
+            defined, undefined = 0, ALL
         else:
             defined, undefined = eff
-            self.undefined = (self.undefined & ~defined) | undefined
+        self.undefined = (self.undefined & ~defined) | undefined
+        for bit in (C, P, A, Z, S, O):
+            if undefined & bit:
+                self.by[bit] = d.text
+            elif defined & bit:
+                self.by.pop(bit, None)
         if "rcx" in d.writes:
             self.rcx = None
 
-    def walk(self, code: bytes, address: int) -> "FlagState":
+    def walk_to(self, code: bytes, address: int, stop: int) -> "FlagState":
+        """Walk up to (not including) the instruction at `stop`."""
         for d in decode_all(code, address):
+            if d.address == stop:
+                break
+            self.step(d)
+        return self
+
+    def walk(self, code: bytes, address: int) -> "FlagState":
+        return self.run(decode_all(code, address))
+
+    def run(self, decoded: list[Decoded]) -> "FlagState":
+        for d in decoded:
             self.step(d)
         return self
 

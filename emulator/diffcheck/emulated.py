@@ -129,21 +129,24 @@ class EmulatedRunner:
 
     def _set_cpu(self, m: Machine, seq: Sequence) -> None:
         uc = m.uc
-        for r in GPRS:
-            m.set_reg(r, seq.regs.get(r, 0) & (1 << 64) - 1)
-        m.set_reg("rflags", seq.regs.get("rflags", 0x202))
-        m.set_reg("fs_base", seq.regs.get("fs_base", 0))
-        m.set_reg("gs_base", seq.regs.get("gs_base", 0))
-        m.set_reg("rip", CODE_ADDR)
+        # One batch for everything up to 64 bits (the binding's reg_write costs
+        # microseconds a register): general registers, flags, bases, rip,
+        # MXCSR, and the x87 unit as the native harness leaves it (fninit:
+        # control word 0x37f, status and last-instruction pointers 0; emms:
+        # every tag empty).
+        pairs = [(getattr(X, f"UC_X86_REG_{r.upper()}"), seq.regs.get(r, 0)) for r in GPRS]
+        pairs += [(X.UC_X86_REG_RFLAGS, seq.regs.get("rflags", 0x202)), (X.UC_X86_REG_FS_BASE, seq.regs.get("fs_base", 0)),
+                  (X.UC_X86_REG_GS_BASE, seq.regs.get("gs_base", 0)), (X.UC_X86_REG_RIP, CODE_ADDR),
+                  (X.UC_X86_REG_MXCSR, seq.mxcsr), (X.UC_X86_REG_FPCW, 0x37F), (X.UC_X86_REG_FPSW, 0),
+                  (X.UC_X86_REG_FIP, 0), (X.UC_X86_REG_FCS, 0), (X.UC_X86_REG_FDP, 0), (X.UC_X86_REG_FDS, 0)]
+        for k in range(0, len(pairs), 16):
+            m.regs64.write(pairs[k:k + 16])
+        uc.reg_write(X.UC_X86_REG_FOP, 0)
         for i, x in enumerate(seq.xmm):
-            uc.reg_write(getattr(X, f"UC_X86_REG_XMM{i}"), x)
-        uc.reg_write(X.UC_X86_REG_MXCSR, seq.mxcsr)
-        # The native harness runs fninit, loads mm0-7 and runs emms: an MMX
-        # register is an x87 register with exponent 0xffff, all tags empty.
-        uc.reg_write(X.UC_X86_REG_FPCW, 0x37F)
-        uc.reg_write(X.UC_X86_REG_FPSW, 0)
+            uc.reg_write(X.UC_X86_REG_XMM0 + i, x)
+        # An MMX register is an x87 register with exponent 0xffff.
         for i, x in enumerate(seq.mm):
-            uc.reg_write(getattr(X, f"UC_X86_REG_FP{i}"), (x, 0xFFFF))
+            uc.reg_write(X.UC_X86_REG_FP0 + i, (x, 0xFFFF))
         uc.reg_write(X.UC_X86_REG_FPTAG, 0xFFFF)
 
     # ------------------------------------------------------------------ result

@@ -4,7 +4,8 @@ flag consumers.
     producers   cmp, test, add/sub/adc/sbb/and/or/xor, inc/dec, neg, shifts
                 and rotates (by 1, by cl, by an immediate), shld/shrd, bt*,
                 mul/imul, popcnt/lzcnt/tzcnt, comisd/ucomisd/comiss/
-                ucomiss/ptest, clc/stc/cmc, sahf
+                ucomiss/ptest, clc/stc/cmc, sahf; and SSE floating-point
+                arithmetic and conversions, which set MXCSR flags instead
     access      a form of forms.py, placed to fault (placement.py)
     consumers   setcc, cmovcc, jcc, adc/sbb, rcl/rcr, pushfq, lahf, sbb r,r
 
@@ -22,6 +23,7 @@ straddling a page end, with random producers and consumers around it.
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 
 from emulator.diffcheck.build import SequenceBuilder, assemble, value
 from emulator.diffcheck.forms import AccessForm, corpus_forms
@@ -97,10 +99,33 @@ def producer(rng, d: str, s: str) -> str:
         return f"{rng.choice(('popcnt', 'lzcnt', 'tzcnt'))} {D}, {S}"
     if k == 11:
         a, b_ = rng.randrange(16), rng.randrange(16)
+        if rng.random() < 0.4:
+            return simd_fp_op(rng, d, a, b_)
         return f"{rng.choice(('comisd', 'ucomisd', 'comiss', 'ucomiss', 'ptest'))} xmm{a}, xmm{b_}"
     if k == 12:
         return rng.choice(("clc", "stc", "cmc", "sahf"))
     return f"cmp {D}, {S}"
+
+
+_SIMD_FP = ("addss", "addsd", "addps", "addpd", "subss", "subsd", "mulss", "mulsd", "mulps", "divss", "divsd",
+            "divps", "divpd", "sqrtss", "sqrtsd", "sqrtps", "minss", "minsd", "maxss", "maxpd", "cvtss2sd",
+            "cvtsd2ss", "cvtps2pd", "cvtpd2ps", "cvtdq2ps", "cvtps2dq", "cvttpd2dq", "haddps", "hsubpd",
+            "addsubps", "cmpltss", "cmpunordpd", "cmpnleps", "cmpeqsd")
+
+
+def simd_fp_op(rng, d: str, a: int, b: int) -> str:
+    """An SSE floating-point instruction: no arithmetic flag, but MXCSR
+    exception flags from its operand values (emulator/simd_fp.py)."""
+    k = rng.randrange(8)
+    if k == 0:
+        return f"{rng.choice(('cvtsd2si', 'cvttsd2si', 'cvtss2si', 'cvttss2si'))} {sub(d, rng.choice((32, 64)))}, xmm{b}"
+    if k == 1:
+        return f"{rng.choice(('cvtsi2sd', 'cvtsi2ss'))} xmm{a}, {sub(d, rng.choice((32, 64)))}"
+    if k == 2:
+        return f"{rng.choice(('roundss', 'roundsd', 'roundps'))} xmm{a}, xmm{b}, {rng.randrange(16)}"
+    if k == 3:
+        return f"{rng.choice(('dpps', 'dppd'))} xmm{a}, xmm{b}, {rng.choice((0xff, 0x31, 0xf1))}"
+    return f"{rng.choice(_SIMD_FP)} xmm{a}, xmm{b}"
 
 
 def _defines_all(rng, d: str, s: str) -> str:
@@ -195,7 +220,8 @@ def random_sequence(seed: int, index: int) -> Sequence:
     return build(seed, "flags", index, form, random_placement(rng, form))
 
 
-def form_cases() -> list[tuple[AccessForm, Placement]]:
+@lru_cache(maxsize=None)
+def form_cases() -> tuple[tuple[AccessForm, Placement], ...]:
     """Every form x every faulting state x inside / straddling (where it can)."""
     out = []
     for form in corpus_forms():
@@ -204,7 +230,7 @@ def form_cases() -> list[tuple[AccessForm, Placement]]:
                 if where == "straddle" and form.insn.access_size <= 1:
                     continue
                 out.append((form, Placement(state, where)))
-    return out
+    return tuple(out)
 
 
 def form_sequence(seed: int, index: int) -> Sequence:

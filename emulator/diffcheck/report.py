@@ -1,7 +1,10 @@
 """The differential table, as text and as JSON."""
 from __future__ import annotations
 
+from emulator.diffcheck.explain import REGISTRY
 from emulator.diffcheck.run import Totals
+
+REASONS = {e.name: e.reason for e in REGISTRY}
 
 SHOW_DETAILS = 4
 
@@ -15,9 +18,17 @@ def format_text(t: Totals, examples: int = 1) -> str:
     out = [f"faultpath diffcheck: seed {t.seed}, {t.total} sequences ({kinds})",
            f"speed: native {_rate(t.total, t.native_s)}, emulated {_rate(t.total, t.emulated_s)} "
            f"(sequence runs only; wall {t.wall_s:.1f} s)",
-           f"equal {t.equal}, different {t.different} in {len(t.classes)} classes"]
+           f"equal {t.equal}, different {t.different} (explained {sum(t.explained.values())}, "
+           f"unexplained: {t.unexplained})"]
+    if t.explained:
+        out += ["", "explained (not emulator bugs; emulator/diffcheck/explain.py):"]
+        for name, n in t.explained.most_common():
+            out.append(f"{n:>6}  {name}: {REASONS.get(name, '')}")
+            for d, why in t.explained_examples.get(name, [])[:examples]:
+                out.append(f"          e.g. {why}  [{d.seq.reproduce()}]")
     if not t.classes:
         return "\n".join(out)
+    out += ["", f"unexplained: {t.unexplained} in {len(t.classes)} classes"]
     width = max(len(k) for k in t.classes) + 2
     out += ["", f"{'count':>6}  {'class (where it arises)':<{width}}wrong flags          most frequent accesses"]
     for k, n in t.classes.most_common():
@@ -42,6 +53,10 @@ def format_text(t: Totals, examples: int = 1) -> str:
 def as_json(t: Totals) -> dict:
     return {
         "seed": t.seed, "sequences": t.total, "kinds": t.kinds, "equal": t.equal, "different": t.different,
+        "unexplained": t.unexplained,
+        "explained": [{"name": k, "count": n, "reason": REASONS.get(k, ""),
+                       "examples": [{"why": why, "reproduce": d.seq.reproduce()} for d, why in
+                                    t.explained_examples.get(k, [])]} for k, n in t.explained.most_common()],
         "seconds": {"native": round(t.native_s, 3), "emulated": round(t.emulated_s, 3), "wall": round(t.wall_s, 3)},
         "classes": [{"class": k, "count": n, "accesses": dict(t.accesses.get(k, {}).most_common()),
                      "flag_bits": dict(t.flag_bits.get(k, {}).most_common()),

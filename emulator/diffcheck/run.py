@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from emulator.diffcheck.compare import Difference, compare
+from emulator.diffcheck.explain import Explained, explain
 from emulator.diffcheck.layout import PAGE, RESOLVABLE
 from emulator.diffcheck.records import DiffcheckError, Sequence
 
@@ -85,6 +86,7 @@ class Checked:
     where: str = ""           # across a fault | without faults too | no fault taken
     native_s: float = 0.0
     emulated_s: float = 0.0
+    explained: Explained | None = None      # explain.py: not an emulator bug, and why
 
     @property
     def klass(self) -> str:
@@ -117,7 +119,8 @@ class Checker:
         diff = compare(seq, nat, emu)
         out = Checked(seq, diff, native_s=t1 - t0, emulated_s=t2 - t1)
         if diff is not None:
-            out.where = self._where(seq, nat, diff)
+            out.explained = explain(diff)
+            out.where = "explained" if out.explained else self._where(seq, nat, diff)
         return out
 
     def _where(self, seq: Sequence, nat, diff: Difference) -> str:
@@ -144,14 +147,21 @@ class Totals:
     native_s: float = 0.0
     emulated_s: float = 0.0
     wall_s: float = 0.0
+    explained: Counter = field(default_factory=Counter)              # explain.py entry -> count
+    explained_examples: dict[str, list[tuple[Difference, str]]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.kinds.values())
 
     @property
-    def different(self) -> int:
+    def unexplained(self) -> int:
+        """Differences no explain.py entry covers: emulator bugs until shown otherwise."""
         return sum(self.classes.values())
+
+    @property
+    def different(self) -> int:
+        return self.unexplained + sum(self.explained.values())
 
     def add(self, c: Checked) -> None:
         self.kinds[c.seq.kind] = self.kinds.get(c.seq.kind, 0) + 1
@@ -159,6 +169,13 @@ class Totals:
         self.emulated_s += c.emulated_s
         if c.diff is None:
             self.equal += 1
+            return
+        if c.explained is not None:
+            name = c.explained.name
+            self.explained[name] += 1
+            ex = self.explained_examples.setdefault(name, [])
+            if len(ex) < EXAMPLES_PER_CLASS:
+                ex.append((c.diff, c.explained.reason))
             return
         k = c.klass
         self.classes[k] += 1
@@ -180,6 +197,10 @@ class Totals:
             self.accesses.setdefault(k, Counter()).update(c)
         for k, c in other.flag_bits.items():
             self.flag_bits.setdefault(k, Counter()).update(c)
+        self.explained.update(other.explained)
+        for k, ex in other.explained_examples.items():
+            mine = self.explained_examples.setdefault(k, [])
+            mine += ex[:max(0, EXAMPLES_PER_CLASS - len(mine))]
         self.native_s += other.native_s
         self.emulated_s += other.emulated_s
 
