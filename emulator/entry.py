@@ -286,29 +286,22 @@ def account(m: "Task", ctx: CallContext, stop_rip: int, partial: bool) -> None:
     entries = m.recorder.entries()
     if not entries:
         return
-    # Fast path: order only matters for rep-string continuations and for the
-    # last (possibly partial) block, so count identical entries in C and
-    # multiply by their cached per-block figures.
-    summary = m.block_summary
-    ninsn = 0
-    cyc = 0.0
-    for e, c in Counter(entries).items():
-        s = summary.get(e)
-        if s is None:
-            info = m.blocks.get(e)
-            s = summary[e] = (info.ninsns, info.prefix_cost[-1], info.rep_tail)
-        if s[2]:
-            return _account_in_order(m, ctx, entries, stop_rip, partial)
-        ninsn += c * s[0]
-        cyc += c * s[1]
-    if partial:
-        last = m.blocks.get(entries[-1])
-        k = last.executed_before(stop_rip)
-        ninsn -= last.ninsns - k
-        cyc -= last.prefix_cost[-1] - last.prefix_cost[k]
-    ctx.index += ninsn
+    # Blocks are charged each after the two before it, loops whole and straight
+    # code by the busier of its front and back end over the call (emulator/
+    # cycles/sequence.py, context.py); a run seen before costs what it cost
+    # then.  What carries from run to run is the call's, kept with its context
+    # (a snapshot copies it), so where the run loop stops changes nothing.
+    # Rep-string continuations go in order.
+    seq = m.blocks.seq
+    st = getattr(ctx, "cycle_state", None)
+    if st is None:
+        st = ctx.cycle_state = seq.new_call()
+    r = seq.account(entries, stop_rip, partial, st)
+    if r is None:
+        return _account_in_order(m, ctx, entries, stop_rip, partial)
+    ctx.index += r[0]
     ctx.rep_open = None
-    ctx.cycles += cyc
+    ctx.cycles += r[1]
     ctx.result.instructions = ctx.index
 
 
@@ -330,6 +323,10 @@ def _account_in_order(m: "Task", ctx: CallContext, entries: list[int], stop_rip:
         idx += k
         cyc += info.prefix_cost[k]
         rep_open = info.insn_addrs[-1] if (info.rep_tail and k == info.ninsns) else None
+    st = getattr(ctx, "cycle_state", None)
+    if st is not None:
+        # Charged block by block: the next run's first block comes after this one.
+        st.prev, st.done, st.cut = entries[-1], 0, None
     ctx.index = idx
     ctx.rep_open = rep_open
     ctx.cycles += cyc

@@ -8,17 +8,19 @@ profile's form table, and emulator/cycles/scoreboard.py gives the steady-state c
 of one execution (max of the throughput bound and the loop-carried chain),
 converted to TSC ticks.  prefix_cost spreads that cost over the instructions
 in proportion to their macro-ops, so a run that stops inside a block is
-charged for the part that retired.
+charged for the part that retired.  That is the block on its own; a run is
+charged block after block as the blocks ran (emulator/cycles/sequence.py,
+emulator/cycles/context.py), from the instruction models kept here.
 """
 from __future__ import annotations
 
-from bisect import bisect_left
-from dataclasses import dataclass
 
 from capstone import x86 as cs_x86
 
 from emulator.cycles import scoreboard, uarch, window
+from emulator.cycles.blockinfo import BlockInfo
 from emulator.cycles.profile import Profile
+from emulator.cycles.sequence import Sequence
 from vdso.insn import disassembler, is_rep_string, unfaithful_reason
 
 _SIMD_PREFIXES = ("p", "movdq", "movap", "movup", "movq", "movd", "shufp", "unpck", "xorp", "andp", "orp")
@@ -46,32 +48,6 @@ def classify(ins) -> str:
     return "int_alu"
 
 
-@dataclass
-class BlockInfo:
-    addr: int
-    size: int
-    insn_addrs: tuple[int, ...]     # start address of each instruction
-    prefix_cost: tuple[float, ...]  # prefix_cost[k] = cost of the first k instructions
-    rep_tail: bool                  # the last instruction is a rep string op
-    unfaithful: str | None          # reason, if the block holds an instruction Unicorn runs wrongly
-    timing: scoreboard.BlockTiming | None = None   # the scoreboard's analysis (core cycles)
-    rep_element_cost: float = 0.0   # TSC ticks per further element of the rep tail
-
-    @property
-    def ninsns(self) -> int:
-        return len(self.insn_addrs)
-
-    @property
-    def cost(self) -> float:
-        return self.prefix_cost[-1]
-
-    def executed_before(self, rip: int) -> int:
-        """How many of this block's instructions retired if execution stopped at rip."""
-        if not (self.addr <= rip < self.addr + self.size):
-            return self.ninsns
-        return bisect_left(self.insn_addrs, rip)
-
-
 class _Shared:
     """Block analyses for one profile, shared by every Machine in the process
     (a sweep or a bench creates many): keyed by (entry, code bytes)."""
@@ -79,6 +55,7 @@ class _Shared:
     def __init__(self, profile: Profile):
         self.profile = profile                      # keeps id(profile) from being reused
         self.blocks: dict[tuple, BlockInfo] = {}
+        self.triples: dict[tuple, tuple] = {}       # keys of three blocks -> Sequence.charge
 
 
 _SHARED: dict[int, _Shared] = {}
@@ -100,9 +77,10 @@ class BlockCache:
         self._read = read_code      # (addr, size) -> bytes
         self.profile = profile
         self._cache: dict[int, BlockInfo] = {}
-        self._shared = _shared(profile)
+        self.shared = _shared(profile)
         self._by_end: dict[int, BlockInfo] = {}     # block end -> the longest block seen ending there
         self._targets: set[int] = set()              # direct branch targets of the blocks seen
+        self.seq = Sequence(self)                    # blocks in the order they ran (emulator/cycles/sequence.py)
         self.decoded = 0            # blocks analysed by this cache (misses in the shared cache too)
         # Per further element of a rep string tail (machine.py charges it per
         # repeated execution of the one-instruction rep block).  The qword
@@ -119,9 +97,10 @@ class BlockCache:
             code = self._read(addr, size)
             loop = self._loop_before(addr)
             key = (entry, code, loop)
-            info = self._shared.blocks.get(key)
+            info = self.shared.blocks.get(key)
             if info is None:
-                info = self._shared.blocks[key] = self._decode(addr, size, code, loop)
+                info = self.shared.blocks[key] = self._decode(addr, size, code, loop)
+                info.key = key
             info = self._as_suffix(info)
             self._cache[entry] = info
         return info
@@ -150,7 +129,7 @@ class BlockCache:
         k = big.insn_addrs.index(info.addr)
         base = big.prefix_cost[k]
         return BlockInfo(info.addr, info.size, big.insn_addrs[k:], tuple(c - base for c in big.prefix_cost[k:]),
-                         big.rep_tail, info.unfaithful, big.timing, big.rep_element_cost)
+                         big.rep_tail, info.unfaithful, None, big.rep_element_cost, big.models[k:])
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -159,6 +138,7 @@ class BlockCache:
         self._cache.clear()
         self._by_end.clear()
         self._targets.clear()
+        self.seq.clear()
 
     def forget(self, lo: int, hi: int) -> None:
         """Drop what is known of blocks overlapping [lo, hi): the code there was
@@ -166,6 +146,7 @@ class BlockCache:
         so only this cache's by-address views go stale)."""
         mask = (1 << 48) - 1
         self._cache = {e: i for e, i in self._cache.items() if not (e & mask) < hi or (e & mask) + (e >> 48) <= lo}
+        self.seq.clear()            # a pair's charge may rest on any block of a loop: start afresh
         self._by_end = {end: i for end, i in self._by_end.items() if not i.addr < hi or end <= lo}
         self._targets = {a for a in self._targets if not lo <= a < hi}
 
@@ -268,7 +249,7 @@ class BlockCache:
             t.detail["exit_credit"] = credit
         rep_tail = models[-1].rep is not None
         return BlockInfo(addr, size, tuple(addrs), tuple(costs), rep_tail, unfaithful, t,
-                         p.to_tsc(t.rep_elem) if rep_tail else 0.0)
+                         p.to_tsc(t.rep_elem) if rep_tail else 0.0, models)
 
 
 def analyse_code(code: bytes, addr: int, profile: Profile) -> scoreboard.BlockTiming:

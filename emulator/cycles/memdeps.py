@@ -7,11 +7,18 @@ loads instead.  This module matches them by address, statically, per block:
 
 * an address is its registers, each at the version it has at that point of
   the block (a register written in between makes it another address), plus
-  the displacement; rsp is followed through push/pop and `add/sub rsp, imm`
-  (the stack engine), so [rsp+8] after a push is the slot [rsp] was before;
+  the displacement; rsp is followed through push/pop, call/ret and
+  `add/sub rsp, imm` (the stack engine), so [rsp+8] after a push is the slot
+  [rsp] was before; a register popped from where it was pushed is its old
+  version again (an -O0 callee's push rbp / mov rbp, rsp / pop rbp leaves
+  the caller's [rbp - 8] the slot it was);
+* a call stores its return address and the ret loads it: the RAS predicts
+  the return, but the load is served by the call's store in flight;
 * a load that overlaps an earlier store of the block gets that store's data,
   after the forwarding latency the profile gives for the case (memory
   renaming, ordinary forwarding, vector forwarding, or a failed forward);
+  every store read in flight takes a slot of a one-a-cycle resource
+  (`forwards`, the profile's MEMFILE group), renamed or forwarded alike;
 * in a block that loops on itself, a store whose address registers the block
   never writes is loop-carried: the next execution of the block reads it
   through a memory node `mem:<k>`, which the scoreboard's recurrence (Karp)
@@ -52,6 +59,7 @@ class _Store:
     t: float                # time the data is ready, all inputs at 0
     carried: bool = False   # its address is the same in the next execution of the block
     insn: int = -1          # index of the storing instruction in the block
+    value: tuple | None = None   # (register, version) it stored whole (push rbp), for a pop to restore
 
 
 @dataclass
@@ -69,6 +77,14 @@ class MemWalk:
     rmw_forwards: int = 0                   # of them: a read-modify-write's load, or any load of one's store
     links: dict[int, list] = field(default_factory=dict)  # load insn -> [(store insn, from the last run, latency)]
     fails: int = 0                          # loads whose forward fails: each stalls until the stores commit
+    fwd_stores: set = field(default_factory=set)   # plain stores read in flight: (store insn, from the last run)
+    loaded: tuple | None = None             # (register, version) the last load read back whole, if any
+    _fresh: int = 0
+
+    @property
+    def forwards(self) -> int:
+        """Slots of the one-a-cycle forwarding resource the walk's loads take."""
+        return self.rmw_forwards + len(self.fwd_stores)
 
     # --- addresses ------------------------------------------------------------------
     def _region(self, ref: MemRef) -> tuple[tuple, int]:
@@ -95,9 +111,11 @@ class MemWalk:
         return True
 
     # --- the walk -----------------------------------------------------------------------
-    def wrote(self, regs, rsp_delta: int | None) -> None:
+    def wrote(self, regs, rsp_delta: int | None, restores: bool = False) -> None:
         """After an instruction: registers it wrote, and how it moved rsp (None: not at all
-        through the stack engine)."""
+        through the stack engine).  restores: the instruction loaded its register back
+        from the stack (pop): a register popped from where it was pushed is the same
+        value again, so [rbp - 8] after a call's push rbp / pop rbp is the slot it was."""
         if rsp_delta is not None:
             self.delta += rsp_delta
         for r in regs:
@@ -105,13 +123,21 @@ class MemWalk:
                 continue
             if r == "rsp":
                 self.rsp_known = False
-            self.ver[r] = self.ver.get(r, 0) + 1
+            if restores and self.loaded is not None and self.loaded[0] == r:
+                self.ver[r] = self.loaded[1]
+                continue
+            self._fresh += 1
+            self.ver[r] = self._fresh
+
+    def final_versions(self) -> dict[str, int]:
+        return dict(self.ver)
 
     def load(self, ref: MemRef, addr: dict[str, float], t_addr: float, load_lat: float, insn: int = -1
              ) -> tuple[dict[str, float], float]:
         """(dependency vector, time) of a load's result."""
         region, lo = self._region(ref)
         hi = lo + ref.size
+        self.loaded = None
         vec = {k: v + load_lat for k, v in addr.items()}
         t = t_addr + load_lat
         hits = [s for s in self.stores if s.region == region and s.lo < hi and lo < s.hi]
@@ -130,9 +156,18 @@ class MemWalk:
             # [m]: 1.0, 1.6, 2.8, 3.4 cycles a step for k = 0..3; two RMW chains 2.0;
             # RMWs to fresh addresses 0.5 each].
             self.rmw_forwards += 1
+        else:
+            # Any other store read in flight takes a slot of the same one-a-cycle
+            # resource, once however many loads read it [MEAS, independent pairs
+            # of store and load: k pairs k cycles, renamed (mov qword/dword), forwarded
+            # (a byte, a dword at +4, an ALU op's source, push/pop, XMM, movq) alike;
+            # one store read by 1, 2, 3, 4 loads: 1.0, 1.1, 1.5, 2.0].
+            self.fwd_stores.add((last.insn, from_last_run))
         # The youngest overlapping store supplies the bytes; only if it does not
         # hold all of them do the older ones matter (a failed forward).
         covers = last.lo <= lo and hi <= last.hi
+        if covers and last.lo == lo and last.hi == hi and not from_last_run:
+            self.loaded = last.value
         used = [last] if covers else hits
         lat = self.forward_latency(last, ref, lo, 1 if covers else len(hits))
         if not covers:
@@ -161,9 +196,11 @@ class MemWalk:
             return float(core.get("mem_rename_latency", 0))
         return float(core.get("store_forward_latency", 6))
 
-    def store(self, ref: MemRef, data: dict[str, float], t: float, insn: int = -1) -> None:
+    def store(self, ref: MemRef, data: dict[str, float], t: float, insn: int = -1, src: str | None = None) -> None:
+        """A store of data; src: the register it stores whole, if it is one (push rbp)."""
         region, lo = self._region(ref)
-        s = _Store(region, lo, lo + ref.size, ref, data, t, self._invariant(ref), insn)
+        s = _Store(region, lo, lo + ref.size, ref, data, t, self._invariant(ref), insn,
+                   (src, self.ver.get(src, 0)) if src is not None else None)
         self.stores.append(s)
 
     def carried_out(self) -> dict[str, dict[str, float]]:

@@ -72,7 +72,7 @@ CORE = {
     "pipeline_min_uops": Num(1, 100_000), "pipe_queue": Num(1, 1000),
     "rep_startup": Num(0, 100_000), "rep_bytes_per_cycle": Num(0, 4096, above=True), "rep_min_element": LATENCY,
     "load_ports": Group(), "store_ports": Group(), "vec_store_data_ports": Group(), "branch_ports": Group(),
-    "rmw_forward_ports": Group(),
+    "rmw_forward_ports": Group(), "ret_extra_cycles": Num(0, 64), "fetch_line_bytes": Num(1, 4096),
 }
 FORM = {"lat": LATENCY, "ports": Str(), "mops": Num(0, 64), "tp": LATENCY}
 EVENT = Num(0, 1e9)             # TSC ticks: a second of a 1 GHz TSC at most

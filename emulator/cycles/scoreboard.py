@@ -6,7 +6,9 @@ models of emulator/cycles/uarch.py and the profile's machine parameters:
 * throughput bound: macro-ops over the dispatch width, uops over the pipes
   they may use (port pressure; the exact fractional assignment bound: for
   every union U of port groups, the uops confined to U over |U|), loads and
-  stores over their pipes, and the taken branch that ends the block;
+  stores over their pipes, loads served by stores in flight (one a cycle),
+  and the front end (emulator/cycles/fetch.py: the 64-byte lines the block
+  touches, the taken branch or return that ends it);
 * register dependencies: a max-plus scoreboard over the block gives, for
   every register live at the block's exit, the latest path from every
   register at its entry (a matrix D[r][s]);
@@ -24,14 +26,16 @@ models of emulator/cycles/uarch.py and the profile's machine parameters:
   with the overlap.
 
 cost = max(throughput bound, recurrence), in core cycles; BlockCache converts
-it to TSC ticks with the profile's measured core-clock/TSC ratio.
+it to TSC ticks with the profile's measured core-clock/TSC ratio.  That is a
+block on its own; a run charges blocks as they ran, each after the one before
+it, and loops of several blocks as one body (emulator/cycles/context.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from emulator.cycles import pipeline, window
+from emulator.cycles import fetch, pipeline, window
 from emulator.cycles.memdeps import MemWalk
 from emulator.cycles.walk import Walk
 from emulator.cycles.profile import Profile
@@ -51,6 +55,7 @@ class BlockTiming:
     weights: list[float] = field(default_factory=list)   # per-instruction share of the cost
     rep_elem: float = 0.0       # core cycles per further element of a rep string tail
     loop_window: "window.LoopWindow | None" = None   # a latency-bound loop: what waits in the schedulers
+    startup: float = 0.0        # a rep string tail's start-up, on top
     detail: dict = field(default_factory=dict)
 
 
@@ -124,15 +129,23 @@ def dependencies(models: list[InsnModel], profile: Profile, looping: bool = True
     finds them, the second lets loads read them.  A block that does not loop
     is not run again right after itself, so nothing is carried through memory
     (a vDSO call updates its state once per call)."""
-    first = _walk(models, profile, [])
-    return _walk(models, profile, first.mem.carried_stores() if looping else [])
+    written = frozenset(d for m in models for d in m.dsts if not (d == "rsp" and m.rsp_delta is not None))
+    first = _walk(models, profile, [], written)
+    if not looping:
+        return first
+    # A register the block writes but pops back to its entry value (a call's
+    # push rbp / pop rbp) addresses the same slots in the next execution.
+    back = {r for r, v in first.mem.final_versions().items() if v == 0 and r in written}
+    if back:
+        written = written - back
+        first = _walk(models, profile, [], written)
+    return _walk(models, profile, first.mem.carried_stores(), written)
 
 
-def _walk(models: list[InsnModel], profile: Profile, carried: list) -> Walk:
+def _walk(models: list[InsnModel], profile: Profile, carried: list, written: frozenset) -> Walk:
     ready: dict[str, dict[str, float]] = {}       # reg -> {entry reg: latest path}
     abs_ready: dict[str, float] = {}              # reg -> time, all inputs ready at 0
     crit = 0.0
-    written = frozenset(d for m in models for d in m.dsts if not (d == "rsp" and m.rsp_delta is not None))
     net = 0
     for m in models:
         if "rsp" in m.dsts and m.rsp_delta is None:
@@ -183,11 +196,12 @@ def _walk(models: list[InsnModel], profile: Profile, carried: list) -> Walk:
         t = t_in + op_lat
         crit = max(crit, t)
         if m.mem is not None and m.mem.store:
-            mem.store(m.mem, v, t, i)
+            whole = m.data_srcs[0] if len(m.data_srcs) == 1 and m.mem.size == 8 and not m.load else None
+            mem.store(m.mem, v, t, i, whole)
         for d in m.dsts:
             ready[d] = v
             abs_ready[d] = t
-        mem.wrote(m.dsts, m.rsp_delta)
+        mem.wrote(m.dsts, m.rsp_delta, restores=m.load and m.rsp_delta == 8)
         deps.append(frozenset(v))
     ready.update(mem.carried_out())
     return Walk(ready, crit, mem, deps)
@@ -223,15 +237,42 @@ def recurrence(models: list[InsnModel], profile: Profile, looping: bool = True) 
     return (max_cycle_mean(nodes, w) if w else 0.0), crit, walk
 
 
-def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
+def resource_bounds(models: list[InsnModel], walk: Walk, profile: Profile, looping: bool
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """(core cycles per execution each resource needs: dispatch, the pipes (port
+    pressure, forwarded stores included), failed forwards; the uops per pipe
+    group).  The front end (emulator/cycles/fetch.py) is the caller's: it
+    depends on how the code is reached."""
     core = profile.core
     width = float(core.get("dispatch_width", 6))
-    start = loop_start(models)
-    looping = start is not None
     mops = sum(m.mops for m in models)
     # Stores drain from the store queue (64 entries on Zen 4 [SOG]): outside a
     # loop they do not hold up dispatch, so the store pipes only bound loops.
     store_groups = {str(core.get("store_ports", "ST")), str(core.get("vec_store_data_ports", "VST"))}
+    counts: dict[str, float] = {}
+    for m in models:
+        for u in m.uops:
+            if u.ports and (looping or u.kind != "store" or u.ports not in store_groups):
+                counts[u.ports] = counts.get(u.ports, 0.0) + 1.0
+    rmw_group = core.get("rmw_forward_ports")
+    if walk.mem.forwards and rmw_group:
+        # Loads served by a store in flight go one a cycle (emulator/cycles/memdeps.py).
+        counts[str(rmw_group)] = counts.get(str(rmw_group), 0.0) + walk.mem.forwards
+    pb, pwhich = port_bound(counts, profile)
+    bounds = {"dispatch": mops / width if width else 0.0, f"ports:{pwhich}": pb}
+    if walk.mem.fails:
+        # A load that needs several stores' bytes waits until they reach the cache,
+        # and so does everything behind it [MEAS: two such loads an iteration, nothing
+        # depending on them: 40 cycles]: a stall, not just a latency.
+        bounds["forward-fail"] = walk.mem.fails * float(core.get("store_forward_fail_latency", 19))
+    return bounds, counts
+
+
+def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
+    core = profile.core
+    start = loop_start(models)
+    looping = start is not None
+    mops = sum(m.mops for m in models)
     # Loop-carried chains across repeated executions: of the whole block, and of
     # the loop inside it when its final branch goes back into the block (the
     # first iteration executed as part of this block belongs to the same chain).
@@ -240,28 +281,13 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
     if start:
         sub, _, body_walk = recurrence(models[start:], profile)
         rec = max(rec, sub)
-    counts: dict[str, float] = {}
-    for m in models:
-        for u in m.uops:
-            if u.ports and (looping or u.kind != "store" or u.ports not in store_groups):
-                counts[u.ports] = counts.get(u.ports, 0.0) + 1.0
-    rmw_group = core.get("rmw_forward_ports")
-    if walk.mem.rmw_forwards and rmw_group:
-        # Renaming through read-modify-writes (emulator/cycles/memdeps.py) has its own limit.
-        counts[str(rmw_group)] = counts.get(str(rmw_group), 0.0) + walk.mem.rmw_forwards
-    pb, pwhich = port_bound(counts, profile)
-    bounds = {"dispatch": mops / width if width else 0.0, f"ports:{pwhich}": pb}
-    if walk.mem.fails:
-        # A load that needs several stores' bytes waits until they reach the cache,
-        # and so does everything behind it [MEAS: two such loads an iteration, nothing
-        # depending on them: 40 cycles]: a stall, not just a latency.
-        bounds["forward-fail"] = walk.mem.fails * float(core.get("store_forward_fail_latency", 19))
+    bounds, counts = resource_bounds(models, walk, profile, looping)
     last = models[-1] if models else None
-    if last is not None and last.branch:
-        taken = float(core.get("taken_branch_cycles", 1.0))
-        if last.branch == "cond" and not looping:
-            taken *= float(core.get("cond_taken_fraction", 1.0))
-        bounds["branch"] = taken
+    if last is not None:
+        # Fetching the block, the blocks around it unknown (emulator/cycles/fetch.py);
+        # a run charges it as it was reached (emulator/cycles/context.py).
+        bounds["fetch"] = fetch.standalone(models[0].address, last.address + last.size, last.branch,
+                                           models[start].address if looping else None, profile)
     throughput, bound = max(((v, k) for k, v in bounds.items()), default=(0.0, "dispatch"))
     cost = max(throughput, rec)
     sim = None
@@ -283,8 +309,10 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
             # work after its exit overlaps its last chains (emulator/cycles/window.py).
             loop_window = window.loop_window(models[start:], body_walk, rec, profile, period=cost)
     rep_elem = 0.0
+    startup = 0.0
     if last is not None and last.rep:
-        cost += float(core.get("rep_startup", 14))
+        startup = float(core.get("rep_startup", 14))
+        cost += startup
         bpc = float(core.get("rep_bytes_per_cycle", 32))
         rep_elem = max(last.rep_elem / bpc if bpc else 1.0, float(core.get("rep_min_element", 0.0)))
         bound = "rep"
@@ -292,7 +320,7 @@ def analyse(models: list[InsnModel], profile: Profile) -> BlockTiming:
     if not any(weights):
         weights = [1.0] * len(models)
     return BlockTiming(cost=cost, throughput=throughput, recurrence=rec, latency=crit, bound=bound,
-                       weights=weights, rep_elem=rep_elem, loop_window=loop_window,
+                       weights=weights, rep_elem=rep_elem, loop_window=loop_window, startup=startup,
                        detail={"mops": mops, "ports": counts, "bounds": bounds, "loop": looping,
                                "loop_target": models[start].address if looping else None,
                                "target": last.target if last is not None else None})

@@ -1,6 +1,6 @@
 """Predict the validation set: every case run in the emulator (a Machine with
 the profile), in TSC ticks per call, plus the native harness loop's own cost
-(emulator/calibrate/predict.py harness_cost), which the native figure includes.
+(emulator/calibrate/predict.py Measured), which the native figure includes.
 
 The memory and arguments are the native run's (bodies.py); the call is made
 once to warm up (first-touch page faults, as natively before timing), then
@@ -9,7 +9,7 @@ fresh state per size, warmed, averaged over whole batch periods.
 """
 from __future__ import annotations
 
-from emulator.calibrate.predict import _machine, _mmap, as_profile, harness_cost, predict_vdso
+from emulator.calibrate.predict import Measured, _machine, _mmap, as_profile, predict_vdso
 from emulator.calibrate.validation.bodies import BUF, Case, buffer_bytes
 from emulator.cycles.profile import Profile
 
@@ -19,7 +19,6 @@ CALLS = 2
 def predict(cases: list[Case], images: dict, profile: str | Profile, log=None) -> dict[Case, float]:
     """TSC ticks per call of each case, as the native loop would measure it."""
     p = as_profile(profile)
-    extra = harness_cost(p)
     out: dict[Case, float] = {}
     by_image: dict[str, list[Case]] = {}
     for c in cases:
@@ -36,7 +35,7 @@ def predict(cases: list[Case], images: dict, profile: str | Profile, log=None) -
             for c in cs:
                 if c.body.kind == "vgetrandom":
                     continue
-                out[c] = _call_cost(m, c) + extra
+                out[c] = _call_cost(m, c, p)
         finally:
             m.close()
         if log:
@@ -79,16 +78,17 @@ def _unmap(m, addrs: list[int]) -> None:
         m.sync_range(a, BUF)
 
 
-def _call_cost(m, c: Case) -> float:
+def _call_cost(m, c: Case, p: Profile) -> float:
     addrs = _buffers(m, c)
     fn = m.kernel.image.symbol(c.body.symbol)
     args = c.body.args(c.size, addrs)
+    loop = Measured(m, p)
     total = 0.0
     for i in range(1 + CALLS):
-        r = m.call(fn, args)
+        r, ticks = loop.call(lambda: m.call(fn, args))
         if r.outcome != "returned":
             raise RuntimeError(f"emulated {c.label} -> {r.outcome}: {r.outcome_detail}")
         if i:
-            total += r.cycles
+            total += ticks
     _unmap(m, addrs)
     return total / CALLS
