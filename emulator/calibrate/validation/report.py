@@ -54,6 +54,7 @@ class Validation:
     kernel: str
     compiler: str           # "gcc 12.2.0", or why the C bodies are missing
     rounds: int
+    placements: int = 1     # fresh mappings each case was measured in (the median over them is the figure)
     results: list[ProfileResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -75,7 +76,8 @@ def _line(name: str, s: dict | None) -> str:
 
 def format_text(v: Validation) -> str:
     out = [f"faultpath bench --validate: measured natively on {v.host} (Linux {v.kernel}), {v.compiler}; "
-           f"TSC ticks per call, harness loop included; min over {v.rounds} interleaved trials of the mean; "
+           f"TSC ticks per call, harness loop included; min over {v.rounds} interleaved trials of the mean, "
+           f"median over {v.placements} placements; "
            f"error = (predicted - measured) / measured"]
     out += [f"  note: {n}" for n in v.notes]
     for res in v.results:
@@ -113,7 +115,8 @@ def _finite(x: float) -> float | None:
 
 def as_json(v: Validation) -> dict:
     return {
-        "measured_on": {"host": v.host, "kernel": v.kernel, "compiler": v.compiler, "rounds": v.rounds},
+        "measured_on": {"host": v.host, "kernel": v.kernel, "compiler": v.compiler, "rounds": v.rounds,
+                        "placements": v.placements},
         "notes": v.notes,
         "targets": {"held_out_median_abs_error_pct": HELD_OUT_MEDIAN, "held_out_max_abs_error_pct": HELD_OUT_MAX},
         "profiles": [{

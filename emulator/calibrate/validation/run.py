@@ -37,9 +37,10 @@ def validate(profiles: list[str | Profile], quick: bool = False, rounds: int | N
     cases = bodies.cases(flavors=flavors, quick=quick)
     rounds = rounds or (3 if quick else 7)
     if log:
-        log(f"{len(cases)} cases natively ({rounds} interleaved trials)")
+        log(f"{len(cases)} cases natively ({native_run.PLACEMENTS} placements, {rounds} interleaved trials)")
     measured = native_run.measure(cases, imgs, rounds=rounds)
-    v = Validation(host=platform.node(), kernel=os.uname().release, compiler=compiler, rounds=rounds, notes=notes)
+    v = Validation(host=platform.node(), kernel=os.uname().release, compiler=compiler, rounds=rounds,
+                   placements=native_run.PLACEMENTS, notes=notes)
     for p in profs:
         if log:
             log(f"the same cases in the emulator with {p.name}")
