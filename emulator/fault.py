@@ -190,6 +190,16 @@ def _cpu_fault_address(m: "Task", code: bytes, rip: int, reported: int, access: 
         return rip if not m.mmu.allows(rip, "exec") else reported & PAGE_MASK
     page = reported & PAGE_MASK
     mnemonic, spans = _access_spans(m, code, rip)
+    if mnemonic in ("repe cmpsb", "repz cmpsb"):
+        # repe cmpsb reads [rsi] first on this CPU, QEMU [rdi] (measured: the
+        # other cmps forms read [rdi] first here too): the first of its two
+        # operands that cannot be read faults.
+        for start, size in spans:
+            va = start & PAGE_MASK
+            while va < start + size:
+                if not m.mmu.allows(va, access):
+                    return max(start, va)
+                va += PAGE_SIZE
     for start, size in spans:
         end = (start + size - 1) & (1 << 64) - 1
         if not (_canonical(start) and _canonical(end)) and (start & _VA_MASK) >> 12 <= page >> 12 <= \

@@ -3,6 +3,11 @@
 A few instructions run to completion in Unicorn but leave a state this CPU
 would not (all measured against this CPU by `faultpath diffcheck`):
 
+  cmpxchg32   32-bit cmpxchg: QEMU writes EAX and the destination whatever
+              the outcome, each zero-extended; this CPU writes EAX only on a
+              failure and the destination only on a success (measured: RAX's
+              upper half survives a success, a register destination's a
+              failure).
   neg_flags   `lock neg m`: QEMU computes the flags from the old value
               (its cmpxchg loop leaves it in T0): SF and PF are those of the
               operand, not of the result.  CF, ZF, AF, OF happen to agree.
@@ -100,7 +105,16 @@ def start(task: "Task", uc, fx: Fixup) -> None:
         return
     if k == "whole_write":
         return
-    if k == "x87_store":
+    if k == "cmpxchg32":
+        rax = _reg(uc, "RAX")
+        if isinstance(fx.mem, str):
+            dest = task.read_reg_by_name(_FULL_GPR[fx.mem])
+            p.values = {"reg": _FULL_GPR[fx.mem], "dest": dest}
+            old = dest & 0xFFFF_FFFF
+        else:
+            old = int.from_bytes(task.read(p.ea, 4), "little")
+        p.values.update(rax=rax, equal=(rax & 0xFFFF_FFFF) == old)
+    elif k == "x87_store":
         top = (_reg(uc, "FPSW") >> 11) & 7
         if (_reg(uc, "FPTAG") >> (2 * top)) & 3 != 3 or not _reg(uc, "FPCW") & FCW_IM:
             return                  # ST(0) holds a value (or #IS unmasked: not modelled): Unicorn is right
@@ -178,7 +192,13 @@ def settle(task: "Task", stop_rip: int) -> None:
 def _apply(task: "Task", uc, p: Pending) -> None:
     fx = p.fixup
     k = fx.kind
-    if k == "neg_flags":
+    if k == "cmpxchg32":
+        v = p.values
+        if v["equal"]:
+            uc.reg_write(X.UC_X86_REG_RAX, v["rax"])            # a success leaves RAX alone
+        elif "reg" in v:
+            uc.reg_write(getattr(X, f"UC_X86_REG_{v['reg'].upper()}"), v["dest"])   # a failure, the destination
+    elif k == "neg_flags":
         res = int.from_bytes(uc.mem_read(p.ea, fx.size), "little")
         flags = (SF if res >> (8 * fx.size - 1) else 0) | (0 if bin(res & 0xFF).count("1") & 1 else PF)
         uc.reg_write(X.UC_X86_REG_RFLAGS, (_reg(uc, "RFLAGS") & ~(SF | PF)) | flags)

@@ -29,7 +29,7 @@ Each one gets a code hook on its own address, and only there:
   the faulting store), so nothing after the fault leaves a trace.
 
 - instructions Unicorn runs to completion with a result this CPU would not
-  leave (`lock neg` flags, x87 stores from an empty stack,
+  leave (`lock neg` flags, 32-bit cmpxchg's registers, x87 stores from an empty stack,
   the fnstenv/fnsave/fxsave/xsave images, SSE floating-point MXCSR flags and
   results) and stores this CPU checks as a whole before writing (maskmov*,
   fxsave/xsave): the hook records a Fixup's starting state, and a hook on
@@ -94,9 +94,10 @@ _X87_STORES = {"fst", "fstp", "fist", "fistp", "fisttp", "fbstp"}
 class Fixup:
     """What an instruction needs put right once it has run (emulator/fixups.py
     says why and how)."""
-    kind: str                       # neg_flags | x87_store | x87_env | fxsave | simd_fp | whole_write
+    kind: str                       # neg_flags | x87_store | x87_env | fxsave | simd_fp | whole_write | cmpxchg32
     next: int                       # the next instruction: reaching it means this one completed
-    mem: tuple | str | None = None  # the memory operand (mem_descriptor); whole_write: "edi" under 67h
+    mem: tuple | str | None = None  # the memory operand (mem_descriptor); whole_write: "edi" under 67h;
+                                    # cmpxchg32: the destination register's name when it is one
     size: int = 0                   # x87_store, neg_flags: operand bytes; x87_env: image bytes (14/28);
                                     # fxsave: the image format (32/64)
     mnemonic: str = ""
@@ -284,6 +285,13 @@ def _fixup(md, ins, m: str, op) -> Fixup | None:
     raw = bytes(ins.bytes)
     if is_simd_fp(m, ins.op_str):
         return Fixup("simd_fp", nxt, mem_descriptor(md, ins, op) if op is not None else None, raw=raw)
+    if m == "cmpxchg" and ins.operands[0].size == 4 and not (
+            ins.operands[0].type == cs_x86.X86_OP_REG and md.reg_name(ins.operands[0].reg) == "eax"):
+        # 32-bit cmpxchg: QEMU writes EAX and the destination whatever the
+        # outcome, zero-extending both; this CPU writes only EAX on a failure,
+        # only the destination on a success (measured).
+        dest = mem_descriptor(md, ins, op) if op is not None else md.reg_name(ins.operands[0].reg)
+        return Fixup("cmpxchg32", nxt, dest, 4, m)
     if m in ("maskmovq", "maskmovdqu"):          # its store is to DS:rDI (no operand for capstone)
         return Fixup("whole_write", nxt, "edi" if 0x67 in bytes(ins.prefix) else None,
                      16 if m == "maskmovdqu" else 8, m)

@@ -299,3 +299,25 @@ def test_hooked_instructions_run_first_in_a_run(checker):
                         sequence(["xor bpl, dl", "add r13d, r12d", "pushf", "rcl bp, 1"],
                                  regs={"rsp": data_page(5) - 1, "rdx": 0x100, "rbp": 0x7004EB9E1FDA9A4A,
                                        "r12": 0x4A5FE1D9ADF92B61, "r13": 1 << 63}, pages={5: "readonly"})])
+
+
+# ----------------------------------------------------------------------------- cmpxchg, cmps
+@pytest.mark.parametrize("lines,regs", [
+    (["cmpxchg dword ptr [rdi], ecx"], {"rax": 0xDEAD0000A5A5A5A5}),            # success: RAX kept
+    (["cmpxchg dword ptr [rdi], ecx"], {"rax": 0xDEAD000000000001}),            # failure: EAX loaded
+    (["lock cmpxchg dword ptr [rdi], ecx"], {"rax": 0xDEAD0000A5A5A5A5}),
+    (["cmpxchg edx, ecx"], {"rax": 0xDEAD000000000007, "rdx": 0xBEEF000000000007}),   # success
+    (["cmpxchg edx, ecx"], {"rax": 0xDEAD000000000001, "rdx": 0xBEEF000000000007}),   # failure: edx kept whole
+    (["cmpxchg eax, ecx"], {"rax": 0xDEAD000000000001}),
+])
+def test_cmpxchg32_writes_what_this_cpu_writes(checker, lines, regs):
+    """QEMU writes EAX and the destination either way (zero-extended)."""
+    all_equal(checker, [sequence(lines, regs={"rcx": 0x1111222233334444, **regs})])
+
+
+def test_repe_cmpsb_faults_on_rsi_first(checker):
+    """Both operands not present: `repe cmpsb` faults on [rsi] first on this
+    CPU, QEMU on [rdi]; the other cmps forms fault on [rdi] first on both."""
+    all_equal(checker, [sequence([insn], regs={"rsi": data_page(0) + 0x2DB, "rdi": data_page(2) + 0xA13, "rcx": 2},
+                                 pages={0: "dropped", 2: "dropped"})
+                        for insn in ("cmpsb", "repe cmpsb", "cmpsq", "repne cmpsd")])
