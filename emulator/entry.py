@@ -9,7 +9,6 @@ counted from the native block hook's record of which blocks ran.
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING
 
 from unicorn import UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UcError
@@ -293,7 +292,7 @@ def account(m: "Task", ctx: CallContext, stop_rip: int, partial: bool) -> None:
     # (a snapshot copies it), so where the run loop stops changes nothing.
     # Rep-string continuations go in order.
     seq = m.blocks.seq
-    st = getattr(ctx, "cycle_state", None)
+    st = ctx.cycle_state
     if st is None:
         st = ctx.cycle_state = seq.new_call()
     r = seq.account(entries, stop_rip, partial, st)
@@ -323,7 +322,7 @@ def _account_in_order(m: "Task", ctx: CallContext, entries: list[int], stop_rip:
         idx += k
         cyc += info.prefix_cost[k]
         rep_open = info.insn_addrs[-1] if (info.rep_tail and k == info.ninsns) else None
-    st = getattr(ctx, "cycle_state", None)
+    st = ctx.cycle_state
     if st is not None:
         # Charged block by block: the next run's first block comes after this one.
         st.prev, st.done, st.cut = entries[-1], 0, None

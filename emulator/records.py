@@ -165,3 +165,4 @@ class CallContext:
     stop_on_fault: bool = False  # stepper: stop *before* handling a fault
     pending_fault: tuple | None = None   # (PendingFault, rip) when stopped at a fault
     stop_requested: bool = False  # a hook (breakpoint, Ctrl-C) asks the run loop to return
+    cycle_state: object | None = None   # the cycle model's state between runs (emulator/cycles/sequence.py)
