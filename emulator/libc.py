@@ -107,7 +107,10 @@ class VgetrandomCaller:
             raise UsageError(f"request size {size} out of range (0..{MAX_REQUEST})")
         self._ensure_buffer(size)
         kw = {} if budget is None else {"budget": budget}
-        res = self.m.call(self.func, self.args(size, flags, state), size=size, injections=injections, **kw)
+        ctx = self.m.prepare_call(self.func, self.args(size, flags, state), size=size, injections=injections, **kw)
+        self.m.trace.begin_call(ctx)          # the trace's clock for this call (emulator/trace.py)
+        self.m.run(ctx)
+        res = ctx.result
         self.fill_output(self.m, res)
         for child in self.m.children:
             cctx = getattr(child, "last_ctx", None)

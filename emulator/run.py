@@ -13,6 +13,7 @@ from emulator.machine import Machine
 from emulator.records import DEFAULT_BUDGET, DEFAULT_LIVELOCK, Injection
 from emulator.records import CallResult
 from emulator.scenarios import Scenario, plan
+from emulator.trace import event_name
 from vdso.abi import STATE_IN_USE, STATE_SIZE
 from mm import flags as F
 from vdso.image import PAGE_SIZE, VdsoImage
@@ -150,6 +151,13 @@ def plan_calls(cfg: RunConfig) -> tuple[Scenario, list[CallPlan]]:
 
 
 def run(cfg: RunConfig) -> dict:
+    """The report of `faultpath run` (what --json prints, plus "_results": the
+    CallResults)."""
+    return run_process(cfg)[0]
+
+
+def run_process(cfg: RunConfig) -> tuple[dict, tuple[Kernel, Machine, VgetrandomCaller]]:
+    """run(), and the process it ran in (for traces and naming)."""
     cfg.validate()
     scen, calls = plan_calls(cfg)
     kernel, m, caller = new_process(cfg)
@@ -164,10 +172,47 @@ def run(cfg: RunConfig) -> dict:
                    "droppable_oom": cfg.droppable_oom, "scenario": scen.name, "scenario_description": scen.description,
                    "sizes": cfg.sizes, "calls": cfg.calls, "profile": kernel.profile.name,
                    "state": hex(caller.states[0]), "buffer": hex(caller.buffer)},
-        "calls": [r.as_dict() for r in results],
+        "calls": [_call_dict(r, m.trace.events, k) for k, r in enumerate(results, start=1)],
         "_results": results,
         "mm": _stats(m),
-    }
+    }, (kernel, m, caller)
+
+
+def orig_bits(rec) -> list[str]:
+    """A fault's VM_FAULT_* names as handle_pte_fault returned them, before
+    handle_mm_fault's VM_DROPPABLE rule rewrote them (ret &= ~VM_FAULT_OOM, plus
+    VM_FAULT_SKIP_INSN under the skip design): the rule ran iff its stage is in
+    the record, and it only ever took OOM away."""
+    if "droppable_oom" not in rec.stages:
+        return list(rec.bits)
+    return [n for n in rec.bits if n != "SKIP_INSN"] + ["OOM"]
+
+
+def _call_dict(r: CallResult, events: list, call: int) -> dict:
+    """A call for --json: exact cycles (the records round them), each fault's
+    bits before the droppable rule, and the call's stages."""
+    d = r.as_dict()
+    d["cycles"] = r.cycles
+    for fd, rec in zip(d["faults"], r.faults):
+        fd["cycles"] = rec.cycles
+        fd["orig_bits"] = orig_bits(rec)
+    for sd, rec in zip(d["syscalls"], r.syscalls):
+        sd["cycles"] = rec.cycles
+    d["children"] = [_call_dict(c, [], 0) for c in r.children]
+    d.update(_call_stages(events, call))
+    return d
+
+
+def _call_stages(events: list, call: int) -> dict:
+    """A call's trace events with their exact cycles (every stage of every fault,
+    syscall and injection, in order), and the cycles per kind of stage."""
+    evs = [e for e in events if e.call == call]
+    totals: dict[str, float] = {}
+    for e in evs:
+        totals[e.kind] = totals.get(e.kind, 0.0) + e.cycles
+    return {"stage_cycles": totals,
+            "stages": [{"stage": e.kind, "function": event_name(e), "index": e.index, "rip": hex(e.rip),
+                        "at": e.at, "cycles": e.cycles} for e in evs]}
 
 
 def _stats(m: Machine) -> dict:
@@ -194,7 +239,13 @@ def short_hex(b: bytes, n: int = 16) -> str:
     return f"{b[:n].hex()}...{b[-4:].hex()} ({len(b)} bytes)"
 
 
-def format_human(report: dict) -> str:
+MAX_FAULT_LINES = 40          # per call: a livelock or a huge request must not flood the console
+
+
+def format_human(report: dict, where=None) -> str:
+    """The run for a reader.  `where(addr)` names an address (`0x... <sym+off>`;
+    the CLI passes the stepper's naming so both print addresses alike)."""
+    where = where or (lambda a: f"{a:#x}")
     img = report["image"]
     cfg = report["config"]
     out = [f"faultpath run: image={img['name']} (abi {img['abi']}, __vdso_getrandom at {img['getrandom']}, "
@@ -214,12 +265,16 @@ def format_human(report: dict) -> str:
             return "  (fallback: the whole request from the syscall)"
         return ""
     for i, r in enumerate(report["_results"], start=1):
-        out.extend(_format_call(i, r, "  ", label))
+        out.extend(_format_call(i, r, "  ", label, where))
     return "\n".join(out)
 
 
-def _format_call(i: int, r: CallResult, ind: str, label=lambda s: "") -> list[str]:
-    lines = [f"call {i} [{r.process}]: getrandom({r.size}) -> {r.ret}  outcome={r.outcome}  "
+def _returned(r: CallResult) -> str:
+    return f"-> {r.ret}" if r.ret is not None else f"(no return value: {r.outcome})"
+
+
+def _format_call(i: int, r: CallResult, ind: str, label, where) -> list[str]:
+    lines = [f"call {i} [{r.process}]: getrandom({r.size}) {_returned(r)}  outcome={r.outcome}  "
              f"instructions={r.instructions}  cycles={r.cycles:.0f}"]
     if r.injections:
         lines.append(f"{ind}inject: {', '.join(r.injections)}")
@@ -227,11 +282,34 @@ def _format_call(i: int, r: CallResult, ind: str, label=lambda s: "") -> list[st
         lines.append(f"{ind}{r.outcome_detail}")
     if r.output:
         lines.append(f"{ind}output: {short_hex(r.output)}")
-    for s in r.syscalls:
-        lines.append(f"{ind}syscall #{s.index} {s.name}({', '.join(hex(a) for a in s.args[:3])}) -> {s.ret}"
-                     + (f"  [{s.outcome}]" if s.outcome else "") + label(s))
-    for f in r.faults:
-        lines.append(f"{ind}{f.line()}")
+    events = [(s.index, 1, f"syscall #{s.index} at {where(s.rip)}: {s.name}({', '.join(hex(a) for a in s.args[:3])})"
+               + (f" -> {s.ret}" if s.outcome != "livelock" else "") + (f"  [{s.outcome}]" if s.outcome else "")
+               + label(s)) for s in r.syscalls]
+    events += [(f.index, 0 if f.user else 2, _fault_line(f, where)) for f in r.faults]
+    shown = [text for _, _, text in sorted(events, key=lambda e: (e[0], e[1]))]
+    if len(shown) > MAX_FAULT_LINES:
+        rest = shown[MAX_FAULT_LINES - 1:]
+        shown = shown[:MAX_FAULT_LINES - 1] + [f"... {len(rest)} more fault(s)/syscall(s) (--json lists them all)"]
+    lines += [ind + x for x in shown]
     for c in r.children:
-        lines.extend(ind + x for x in _format_call(i, c, ind, label))
+        lines.extend(ind + x for x in _format_call(i, c, ind, label, where))
     return lines
+
+
+def _fault_line(f, where) -> str:
+    """A fault record for a reader: where, what, the VM_FAULT bits by name (and
+    what they were before the VM_DROPPABLE rule), the decision, the cycles."""
+    mode = "user" if f.user else "kernel"
+    insn = f" [{f.insn}]" if f.insn else ""
+    bits = "|".join(f.bits) or "none"
+    if orig_bits(f) != f.bits:
+        bits += f" (was {'|'.join(orig_bits(f))})"
+    s = (f"fault #{f.index} at {where(f.rip)}{insn}: {f.access} {where(f.address)} ({mode}) "
+         f"vma[{f.vm_flags or '-'}] bits={bits} -> {f.decision}")
+    if f.skip_len is not None:
+        s += f" len={f.skip_len}"
+    if f.new_rip is not None and f.new_rip != f.rip:
+        s += f" new_rip={where(f.new_rip)}"
+    if f.repeats > 1:
+        s += f" (x{f.repeats})"
+    return s + f"  {f.cycles:.0f} cycles"

@@ -141,6 +141,46 @@ def test_script_file_breakpoint_and_return(tmp_path):
     assert "# stop" not in out
 
 
+def test_gdb_style_commands_in_a_script():
+    """help CMD with its aliases, info, bt, display, finish, reverse-stepi,
+    restart after the call ended: each prints what a gdb user expects."""
+    _image_or_skip("builtin")
+    cmds = ["help rsi", "help info", "break __arch_chacha20_blocks_nostack", "continue", "bt",
+            "display/i $pc", "stepi 3", "finish", "undisplay", "info breakpoints", "info state",
+            "reverse-stepi 2", "delete", "continue", "stepi", "restart", "where", "info frame"]
+    r = step("--image", "builtin", "-c", "; ".join(cmds))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "reverse-stepi [N]" in out and "aliases: rsi, rs" in out
+    assert "info registers|breakpoints|watchpoints|vmas|state" in out and "aliases: i" in out
+    bt = re.findall(r"^#(\d+)\s+0x[0-9a-f]{16} <(\w+)", out, re.M)          # bt lines: 16 hex digits
+    assert bt[:3] == [("0", "__arch_chacha20_blocks_nostack"), ("1", "__vdso_getrandom"),
+                      ("2", "faultpath_caller")], out
+    assert re.search(r"^1: /i \$pc\n=>", out, re.M), out          # display after each moving command
+    assert "run till exit from #0" in out
+    assert re.search(r"^struct vgetrandom_state at 0x[0-9a-f]+ <state>", out, re.M)
+    assert re.search(r"^  in_use      1  \(a call is using this state\)$", out, re.M)
+    assert "call 2 ended: getrandom(256) -> 256" in out
+    i = out.index("(faultpath) restart")
+    assert "restarted call 2 at #0" in out[i:] and re.search(r"^#0\s+0x[0-9a-f]+ <__vdso_getrandom>", out[i:], re.M)
+
+
+def test_events_come_out_in_the_order_they_happened():
+    """Faults, syscalls (with the kernel's own faults under them) and injections
+    in execution order; the first call's buffer is fresh, so the fallback
+    syscall's copy_to_user faults in kernel mode, which stops the call."""
+    _image_or_skip("builtin")
+    r = step("--image", "builtin", "--calls", "1", "--inject", "not-ready@1:0", "-c", "continue; continue; faults")
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "stopped after a syscall in which the kernel faulted" in out, out
+    i = out.index("syscall at #")
+    assert re.search(r"^  kernel fault at #\d+ in getrandom:copy_to_user: write 0x[0-9a-f]+ <buffer> -> mapped",
+                     out[i:], re.M), out
+    idx = [int(x) for x in re.findall(r"^(?:  kernel )?(?:fault|syscall|inject \w+) at #(\d+)", out, re.M)]
+    assert idx == sorted(idx), out
+
+
 def test_default_step_is_the_fault_path_scenario():
     """No options: the canned fault-path scenario on call 2 (drop + transient OOM)."""
     r = step("-c", "continue; continue; faults")
@@ -196,6 +236,13 @@ def test_interactive_session_in_tmux(tmp_path):
         while pane().count("<- droppable") < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert pane().count("<- droppable") >= 2, pane()
+        # tab completion: a command, then a state field after it
+        tmux("send-keys", "-t", "fp", "wat", "Tab")
+        tmux("send-keys", "-t", "fp", "state.in_", "Tab")
+        tmux("send-keys", "-t", "fp", "Enter")
+        wait_for("watchpoint 1 (write): state.in_use at")
+        tmux("send-keys", "-t", "fp", "help rs", "Enter")
+        wait_for("aliases: rsi, rs")
         tmux("send-keys", "-t", "fp", "quit", "Enter")
         p = wait_for("EXIT=0")
         assert "Traceback" not in p

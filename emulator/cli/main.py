@@ -63,7 +63,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inject", action="append", default=[], metavar="KIND@N",
                    help="inject at instruction N of every call (KIND@C:N: of call C only); kinds: "
                         "drop, oom, oom-off, oom:K, fork, reseed, not-ready, ready")
-    p.add_argument("--scenario", default=None, help=f"canned scenario: {describe()}")
+    p.add_argument("--scenario", default=None,
+                   help=f"canned scenario: {describe()}.  Default: fault-path when none of --image, --inject "
+                        f"and --size is given (so a bare `faultpath run` or `step` shows the fault path), "
+                        f"otherwise none")
     p.add_argument("--flags", type=_int, default=0, help="getrandom flags passed to the vDSO")
     p.add_argument("--livelock", type=_int, default=None, metavar="N",
                    help="refaults without progress before a livelock is reported")
@@ -98,15 +101,23 @@ def build_run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from emulator.run import format_human, run
+    from emulator.outputs import check_output, write_output
+    from emulator.run import format_human, run_process
     cfg = build_run_config(args)
-    report = run(cfg)
+    trace_to = check_output(args.trace, "--trace", allow_stdout=False) if args.trace is not None else None
+    report, (kernel, m, caller) = run_process(cfg)
     results = report.pop("_results")
+    from emulator.debug.symbols import Symbols
+    names = Symbols(kernel.image, caller, caller.func)       # named as `faultpath step` names them
+    if trace_to is not None:
+        from emulator.tracing.chrome import run_trace
+        title = f"faultpath run: image={cfg.image.name} scenario={report['config']['scenario']}"
+        write_output(trace_to, run_trace(kernel, m, results, title=title, where=names.where))
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps(report, indent=1, allow_nan=False))
     else:
         report["_results"] = results
-        print(format_human(report))
+        print(format_human(report, where=names.where))
     return 0
 
 
@@ -115,7 +126,10 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     r = sub.add_parser("run", help="run __vdso_getrandom calls and report faults, syscalls, cycles")
     add_run_options(r)
-    r.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    r.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout (exact cycles, every stage of every fault with its cycles)")
+    r.add_argument("--trace", metavar="FILE", default=None,
+                   help="also write the run as Chrome trace-event JSON (Perfetto UI, chrome://tracing)")
     r.set_defaults(func=cmd_run)
     import importlib
     import importlib.util
@@ -128,7 +142,7 @@ def make_parser() -> argparse.ArgumentParser:
 # Sub-commands living in their own modules register themselves here.
 _EXTRA_COMMANDS = ["emulator.cli.asm", "emulator.cli.step", "emulator.cli.gdb", "emulator.cli.skipcheck",
                    "emulator.cli.decodecheck", "emulator.cli.sweep", "emulator.cli.calibrate", "emulator.cli.bench",
-                   "emulator.cli.compare", "emulator.cli.diffcheck", "emulator.cli.exec"]
+                   "emulator.cli.compare", "emulator.cli.diffcheck", "emulator.cli.exec", "emulator.cli.trace"]
 
 
 def main(argv: list[str] | None = None) -> int:

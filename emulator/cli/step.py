@@ -31,6 +31,10 @@ def register(sub, parser_class) -> None:
                    help="run these ';'-separated commands, print a transcript and exit")
     p.add_argument("--script", metavar="FILE", default=None,
                    help="run the commands in FILE (one per line, # comments) and exit")
+    p.add_argument("--trace", metavar="FILE", default=None,
+                   help="when the session ends, write its calls as Chrome trace-event JSON (see faultpath run)")
+    p.add_argument("--snapshot-every", type=int, default=None, metavar="N",
+                   help="snapshot every N instructions for reverse execution (default 65536)")
     p.set_defaults(func=cmd_step)
 
 
@@ -79,10 +83,19 @@ class StepShell(cmd.Cmd):
 
     def completenames(self, text, *ignored):
         from emulator.debug import commands
-        return sorted(c for c in set(commands.BY_NAME) | set(commands.ALIASES) if c.startswith(text))
+        return _spaced(commands.complete(self.session, text))
 
-    def completedefault(self, *ignored):
-        return []
+    def completedefault(self, text, line, begidx, endidx):
+        """Arguments: symbols, registers and state fields after break/watch/x/until,
+        sub-commands after info/help/display, kinds after inject."""
+        from emulator.debug import commands
+        return _spaced(commands.complete(self.session, line[:endidx]))
+
+
+def _spaced(matches: list[str]) -> list[str]:
+    """Python's readline appends nothing to a completion: a unique one gets the
+    space that lets the next word begin, as in gdb."""
+    return [matches[0] + " "] if len(matches) == 1 else matches
 
 
 def _history_file() -> str | None:
@@ -163,13 +176,38 @@ def cmd_step(args: argparse.Namespace) -> int:
         script = read_text(args.script, limit=MAX_SCRIPT_BYTES, label=f"--script {args.script}")
         if not split_commands(script) or all(c.startswith("#") for c in split_commands(script)):
             raise UsageError(f"--script {args.script}: no commands")
-    session = Session(build_run_config(args))
-    if args.commands is not None or script is not None:
-        cmds = split_commands(args.commands or "") + split_commands(script or "")
-        return run_commands(session, cmds)
-    shell = StepShell(session)
-    if not sys.stdin.isatty():
-        shell.use_rawinput = False
-        shell.prompt = ""
-        return run_commands(session, sys.stdin.read().splitlines())
-    return _interactive(shell)
+    from emulator.debug.timeline import DEFAULT_EVERY
+    every = DEFAULT_EVERY if args.snapshot_every is None else args.snapshot_every
+    if not 1 <= every <= 1 << 32:
+        raise UsageError(f"--snapshot-every {every}: out of range (1..{1 << 32})")
+    trace_to = None
+    if args.trace is not None:
+        from emulator.outputs import check_output
+        trace_to = check_output(args.trace, "--trace", allow_stdout=False)
+    session = Session(build_run_config(args), snapshot_every=every)
+    try:
+        if args.commands is not None or script is not None:
+            cmds = split_commands(args.commands or "") + split_commands(script or "")
+            return run_commands(session, cmds)
+        shell = StepShell(session)
+        if not sys.stdin.isatty():
+            shell.use_rawinput = False
+            shell.prompt = ""
+            return run_commands(session, sys.stdin.read().splitlines())
+        return _interactive(shell)
+    finally:
+        if trace_to is not None:
+            _write_trace(session, trace_to)
+
+
+def _write_trace(session, target) -> None:
+    """The session's calls as they stand (the stepped one up to where it is)."""
+    from dataclasses import replace
+
+    from emulator.outputs import write_output
+    from emulator.tracing.chrome import run_trace
+    ctx = session.ctx
+    current = ctx.result if ctx.done else replace(ctx.result, cycles=ctx.cycles, instructions=ctx.index)
+    results = session.previous + [current]
+    title = f"faultpath step: image={session.kernel.image.name} call {session.call_no} at #{session.ctx.index}"
+    write_output(target, run_trace(session.kernel, session.m, results, title=title, where=session.where))

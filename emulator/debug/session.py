@@ -97,6 +97,7 @@ class Session:
         self.ctx = self.m.prepare_call(self.func, self.caller.args(self.size, cfg.flags), size=self.size,
                                        injections=calls[-1].injections, budget=cfg.budget)
         self.ctx.stop_on_fault = True     # always: faultstop off is handled by the session
+        self.m.trace.begin_call(self.ctx)
         self._faultstop = True
         self.symbols = Symbols(self.kernel.image, self.caller, self.func)
         self.breakpoints: dict[int, int] = {}    # number -> address
@@ -315,26 +316,6 @@ class Session:
             self.hit = address
             task.uc.emu_stop()
 
-    def _account_tool_stop(self) -> None:
-        """A debugger hook stopped the CPU inside a block.  The run loop accounts
-        a stop without a fault or trap as the end of the last block it entered
-        (entry.account(partial=False)): take back the instructions and cycles of
-        that block from the stop on.  (Wanted from the core: treat a stop a tool
-        requested as a stop inside the block.)"""
-        m, ctx = self.m, self.ctx
-        entries = m.recorder.entries()
-        if not entries:
-            return
-        last = m.blocks.get(entries[-1])
-        rip = m.reg("rip")
-        if rip not in last.insn_addrs or last.rep_tail:
-            return
-        k = last.executed_before(rip)
-        ctx.index -= last.ninsns - k
-        ctx.cycles -= last.prefix_cost[-1] - last.prefix_cost[k]
-        ctx.result.instructions = ctx.index
-        ctx.rip = rip
-
     # ================================================================= watchpoints
     def _on_watch_hit(self, hit) -> bool:
         """From inside the memory hook: make the run loop return (it restarts
@@ -436,7 +417,6 @@ class Session:
                 return "fault"
             if ctx.stop_requested:
                 ctx.stop_requested = False
-                self._account_tool_stop()
                 if self.watches.hit is not None:
                     self.watches.undo_journal()
                     return "watch"
@@ -694,6 +674,7 @@ class Session:
 
     def _after_restore(self, pos: Pos) -> None:
         self.ctx.stop_on_fault = True
+        self.m.trace.attach(self.ctx)
         self._seq_index = pos.index
         self._fault_seq = pos.fault
         self.walk = None

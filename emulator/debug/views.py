@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING
 
 from emulator.errors import UsageError
 from emulator.fault import error_code, predict, pte_state, vma_desc
+from emulator.run import orig_bits
 from emulator.records import X86_PF_INSTR, X86_PF_PROT, X86_PF_USER, X86_PF_WRITE
 from emulator.debug.symbols import GPR_ORDER
+from emulator.trace import kernel_function
 from mm import flags as F
 from mm.flags import PAGE_SIZE
 from mm.smaps import vm_flags_str, vma_usage
@@ -49,16 +51,36 @@ STAGE_HELP = {
 
 # ---------------------------------------------------------------------------- values
 def fmt_value(v) -> str:
-    """A detail value for humans: small ints in decimal, addresses in hex."""
-    if isinstance(v, bool) or v is None:
-        return str(v)
+    """A detail value for humans: small ints in decimal, addresses in hex, no
+    Python None or reprs."""
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, int):
         return hex(v) if v > 0xFFFF else str(v)
     if isinstance(v, float):
-        return f"{v:g}"
+        return f"{v:.0f}" if abs(v) >= 10 else f"{v:g}"
     if isinstance(v, (tuple, list)):
-        return "(" + ",".join(fmt_value(x) for x in v) + ")"
+        return ",".join(fmt_value(x) for x in v) or "-"
     return str(v)
+
+
+def fmt_detail(kind: str, detail: dict) -> str:
+    """An event's detail as key=value words: VM_FAULT bits by name (with what
+    they were before the VM_DROPPABLE rule), a VMA as its range and flags."""
+    out = []
+    for k, v in detail.items():
+        if k == "bits" and isinstance(v, int):
+            text = F.vm_fault_str(v) if v else "none"
+            if kind == "droppable_oom":
+                text += " (handle_pte_fault returned OOM)"
+            out.append(f"bits={text}")
+        elif k == "vma" and isinstance(v, (tuple, list)) and len(v) == 3:
+            out.append(f"vma={v[0]:#x}-{v[1]:#x} [{vm_flags_str(v[2])}]")
+        else:
+            out.append(f"{k}={fmt_value(v)}")
+    return " ".join(out)
 
 
 # ---------------------------------------------------------------------------- registers
@@ -472,8 +494,9 @@ def faults(s: "Session") -> str:
 
 
 def stage_line(i: int, n: int, ev) -> str:
-    det = " ".join(f"{k}={fmt_value(v)}" for k, v in ev.detail.items())
-    return f"stage {i + 1}/{n} {ev.kind:<16} {ev.cycles:>7.0f} cycles  {det}".rstrip()
+    det = fmt_detail(ev.kind, ev.detail)
+    return (f"stage {i + 1}/{n} {ev.kind:<16} {ev.cycles:>7.0f} cycles  {kernel_function(ev.kind)}  "
+            f"{det}").rstrip()
 
 
 def fault(s: "Session") -> str:
@@ -486,7 +509,8 @@ def fault(s: "Session") -> str:
     shown = info.get("pos", len(info["events"]))
     out = [f"fault at #{info['index']} rip={s.where(info['rip'])} [{rec.insn}]",
            f"  address {s.where(info['pf'].address)} {info['pf'].access}  "
-           f"vma [{rec.vm_flags}]  pte before: {rec.pte}"]
+           f"vma [{rec.vm_flags}]  pte before: {rec.pte}",
+           f"  VM_FAULT bits: {bits_text(rec)}"]
     for i, ev in enumerate(info["events"][:shown]):
         out.append("  " + stage_line(i, len(info["events"]), ev))
     if shown < len(info["events"]):
@@ -496,8 +520,16 @@ def fault(s: "Session") -> str:
     return "\n".join(out)
 
 
+def bits_text(rec) -> str:
+    """A fault record's VM_FAULT_* bits by name, with the original ones when the
+    VM_DROPPABLE rule rewrote them."""
+    now = "|".join(rec.bits) or "none"
+    orig = orig_bits(rec)
+    return now if orig == rec.bits else f"{now} (handle_pte_fault returned {'|'.join(orig)})"
+
+
 def inject_line(ev) -> str:
-    det = " ".join(f"{k}={fmt_value(v)}" for k, v in ev.detail.items() if k != "event")
+    det = fmt_detail(ev.kind, {k: v for k, v in ev.detail.items() if k != "event"})
     return f"inject {ev.detail.get('event', '?')} at #{ev.index}" + (f": {det}" if det else "")
 
 
@@ -516,7 +548,7 @@ def cycles(s: "Session") -> str:
 
 
 def event_line(ev) -> str:
-    det = " ".join(f"{k}={fmt_value(v)}" for k, v in ev.detail.items())
+    det = fmt_detail(ev.kind, ev.detail)
     return f"#{ev.index:<6} {ev.rip:#014x} {ev.kind:<16} {ev.cycles:>7.0f}c  {det}".rstrip()
 
 
