@@ -36,6 +36,20 @@ def _le(hexstr: str) -> int:
     return int.from_bytes(bytes.fromhex(hexstr), "little")
 
 
+def kill_and_wait(srv: Server) -> None:
+    """`k` from a client, then wait until the stub has built a fresh process."""
+    c = Rsp(srv.port)
+    assert c.cmd("?").startswith("T")
+    c.send("k")
+    c.read_ack()
+    c.close()
+    deadline = time.monotonic() + 30
+    while not any("fresh process" in line for line in srv.err):
+        assert time.monotonic() < deadline, srv.err[-5:]
+        srv._line(time.monotonic() + 0.2)
+    srv.err.clear()
+
+
 # ----------------------------------------------------------------------------- validation
 def test_register_and_memory_packets_are_validated():
     srv = Server("--image", "builtin")
@@ -185,16 +199,7 @@ def test_memory_is_released_when_gdb_kills_the_process():
     samples = {}
     try:
         for i in range(1, 101):
-            c = Rsp(srv.port)
-            assert c.cmd("?").startswith("T05")
-            c.send("k")
-            c.read_ack()
-            c.close()
-            deadline = time.monotonic() + 30
-            while not any("fresh process" in l for l in srv.err):
-                assert time.monotonic() < deadline, srv.err
-                srv._line(time.monotonic() + 0.2)
-            srv.err.clear()
+            kill_and_wait(srv)
             if i in (10, 100):
                 samples[i] = rss()
     finally:
@@ -262,19 +267,13 @@ def test_rsp_fuzz_then_a_stock_gdb_session_works():
         assert sent == 1500, sent                   # the packet bound, not the time bound, ended it
         time.sleep(1.5)                              # a torn last packet times out
         # the fuzz may have moved rip anywhere (`s ADDR`, P, G): kill for a fresh process
-        k = Rsp(srv.port)
-        assert k.cmd("?").startswith("T")
-        k.send("k")
-        k.read_ack()
-        k.close()
-        deadline = time.monotonic() + 30
-        while not any("fresh process" in l for l in srv.err):
-            assert time.monotonic() < deadline, srv.err[-5:]
-            srv._line(time.monotonic() + 0.2)
+        fuzz_log = list(srv.err)
+        kill_and_wait(srv)
         out = gdb_batch(srv.port, "info registers rip", "stepi", "info registers rip", "monitor vmas",
                         "p state.in_use", "bt", timeout=90)
     finally:
         srv.stop()
     assert len(re.findall(r"^rip\s+0x", out, re.M)) == 2, out
     assert " dp" in out and "__vdso_getrandom" in out, out
-    assert "internal error" not in "\n".join(srv.err), [l for l in srv.err if "internal error" in l][:5]
+    log = fuzz_log + srv.err
+    assert not any("internal error" in line for line in log), [line for line in log if "internal error" in line][:5]
