@@ -59,6 +59,7 @@ def _continue_child(parent: "Task", ctx: CallContext, child: "Task") -> None:
     cctx = CallContext(result=res, rip=ctx.rip, budget=ctx.budget, index=ctx.index, rep_open=ctx.rep_open,
                        injections=[i for i in ctx.injections if i.kind != "fork"])
     child.sync()
+    child.trace.begin_call(cctx)        # the child's events on its own clock (emulator/trace.py)
     run(child, cctx)
     ctx.result.children.append(res)
     child.last_ctx = cctx
@@ -224,6 +225,8 @@ def _run_once(m: "Task", ctx: CallContext, remaining: int, exit_at: int | None) 
             # store before anyone (handler, stepper, gdb) looks at memory.
             pf.restored = m.undo_partial_store(stop_rip)
         if ctx.stop_on_fault:
+            if pf.access == "write" and fault.resolve_snapshot_cow(m, pf.address, True):
+                return None             # a snapshot's write-protection: not a fault to stop at
             ctx.pending_fault = (pf, stop_rip)
             return None
         fault.do_user_addr_fault(m, ctx, pf, stop_rip)
