@@ -131,13 +131,16 @@ class BlockRecorder:
         self.buf[_CAPACITY] = capacity
         self.known: dict[int, tuple[int, int, int, int]] = {}   # addr -> (size, ninsns, rep_tail, flags)
         self._handle = _ucmod.uc_hook_h()
+        self._uc = uc
+        self._add_hook()
+
+    def _add_hook(self) -> None:
         status = _ucmod.uclib.uc_hook_add(
-            uc._uch, ctypes.byref(self._handle), UC_HOOK_BLOCK,
+            self._uc._uch, ctypes.byref(self._handle), UC_HOOK_BLOCK,
             ctypes.c_void_p(_HookCode.address()), ctypes.cast(self.buf, ctypes.c_void_p),
             ctypes.c_uint64(1), ctypes.c_uint64(0))
         if status != 0:
             raise RuntimeError(f"uc_hook_add(native block hook) failed: {status}")
-        self._uc = uc
 
     # ---------------------------------------------------------------- the TB table
     def _slot(self, addr: int) -> int:
@@ -207,3 +210,11 @@ class BlockRecorder:
         if self._handle.value:
             _ucmod.uclib.uc_hook_del(self._uc._uch, self._handle)
             self._handle.value = 0
+
+    def reopen(self) -> None:
+        """The hook again after close() (a process that exited, brought back
+        by a snapshot restore); the TB table is kept.  Blocks translated
+        without the hook would not call it: Unicorn's cache is flushed."""
+        if not self._handle.value:
+            self._add_hook()
+            self._uc.ctl_flush_tb()

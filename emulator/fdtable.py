@@ -121,6 +121,14 @@ class OpenFile:
     def describe(self) -> str:
         return self.kind
 
+    # A snapshot of the machine keeps what a descriptor's file changes as it
+    # is used (its position, flags and references); the rest is fixed at open.
+    def save_state(self) -> tuple:
+        return (self.flags, self.pos, self.refs)
+
+    def restore_state(self, st: tuple) -> None:
+        self.flags, self.pos, self.refs = st
+
 
 class HostFile(OpenFile):
     kind = "file"
@@ -213,6 +221,15 @@ class Pipe:
     rd_wait: WaitQueue = field(default_factory=lambda: WaitQueue("pipe_read"))
     wr_wait: WaitQueue = field(default_factory=lambda: WaitQueue("pipe_write"))
 
+    def save_state(self) -> tuple:
+        return (bytes(self.buf), self.readers, self.writers, list(self.rd_wait.sleepers),
+                list(self.wr_wait.sleepers))
+
+    def restore_state(self, st: tuple) -> None:
+        buf, self.readers, self.writers, rd, wr = st
+        self.buf = bytearray(buf)
+        self.rd_wait.sleepers, self.wr_wait.sleepers = list(rd), list(wr)
+
 
 class PipeEnd(OpenFile):
     kind = "pipe"
@@ -271,6 +288,14 @@ class PipeEnd(OpenFile):
 
     def describe(self):
         return f"pipe:[{self.pipe.ino}]"
+
+    def save_state(self):
+        return (super().save_state(), self.pipe.save_state())
+
+    def restore_state(self, st):
+        mine, pipe = st
+        super().restore_state(mine)
+        self.pipe.restore_state(pipe)
 
 
 class Console(OpenFile):
@@ -349,6 +374,20 @@ class FdTable:
         for fd in sorted(self.fds):
             self.close(fd)
 
+    def snapshot(self) -> "FilesSnapshot":
+        """The table and the state of every open file in it (a file shared
+        with another process is saved by each: the same values)."""
+        files = {id(f): f for f, _ in self.fds.values()}.values()       # dup'ed descriptors share one
+        return FilesSnapshot(dict(self.fds), [(f, f.save_state()) for f in files])
+
+    def restore(self, snap: "FilesSnapshot") -> None:
+        """Back to the snapshot, any number of times: files opened since are
+        dropped from the table (nothing the emulated program can still
+        reach), closed ones come back with their references and positions."""
+        self.fds = dict(snap.fds)
+        for f, st in snap.files:
+            f.restore_state(st)
+
     def dup_fd(self) -> "FdTable":
         """A fork's copy: the same open files, one more reference each."""
         t = FdTable()
@@ -357,3 +396,9 @@ class FdTable:
             t.fds[fd] = (f, ce)
         return t
 
+
+@dataclass
+class FilesSnapshot:
+    """An FdTable and its open files' states (FdTable.snapshot)."""
+    fds: dict[int, tuple[OpenFile, bool]]
+    files: list[tuple[OpenFile, tuple]]

@@ -10,18 +10,24 @@ instruction budget.  emulator/sched.py runs the processes of one System in
 turn; a process gives the CPU up only when it sleeps (a read of an empty
 pipe, wait4) or ends.
 
-Tools look inside through a small API, the same one `sweep --exec` is meant
-to use:
+Tools look inside through a small API, the one `sweep --exec` uses:
   watch(addr, fn)       fn(process) each time execution reaches addr, at an
-                        exact instruction boundary (before addr runs);
+                        exact instruction boundary (before addr runs); an
+                        instruction that faults and runs again is one arrival;
   at_index(n, fn)       fn(process) when instruction n has retired;
+  arrive()              report a watched arrival at the current instruction
+                        now (after an at_index stop there, or a restore);
   syscall_hooks         fn(process, rec) at each syscall's entry;
-  observers             see syscalls, signals and exits as they happen.
+  observers             see syscalls, signals and exits as they happen;
+  snapshot()/restore()  come back to a boundary any number of times (the
+                        whole machine: System.snapshot/restore in sched.py).
+A callback may stop the process (state = sched.STOPPED): it then runs no
+more until the tool makes it RUNNING again.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 from unicorn import x86_const as X
@@ -37,10 +43,12 @@ from emulator.signal import (SI_KERNEL, SIGCHLD, SIGPIPE, CLD_EXITED, CLD_KILLED
                              deliver_signals, force_sig as queue_forced, send_signal, sigframe_size, signame)
 from emulator.syscall_abi import EINTR, WaitQueue
 from emulator.sched import DEAD, RUNNING, SLEEPING, ZOMBIE
+from emulator.task import Task, TaskSnapshot
 from emulator.usercopy import copy_from_user, copy_to_user
 from emulator.vfs import ReadPolicy
 
 if TYPE_CHECKING:
+    from emulator.fdtable import FilesSnapshot
     from emulator.kernel import Kernel
     from emulator.records import SyscallRecord
     from emulator.sched import System
@@ -93,6 +101,34 @@ class ExitState:
         return ((self.code or 0) & 0xFF) << 8
 
 
+# Plain attributes a snapshot keeps as they are (immutable values, or objects
+# only replaced, never changed in place).
+_SNAPSHOT_VALUES = ("cwd", "cred", "clear_child_tid", "robust_list", "exe", "argv", "arg_start", "arg_end",
+                    "state", "sleep_reason", "exit_signal", "last_forced", "interrupted_syscall", "final_maps",
+                    "final_smaps", "_timed_seq", "_hit", "_last_arrival", "killed")
+
+
+@dataclass
+class ProcessSnapshot:
+    """Process.snapshot(): what a process needs to come back (task is None
+    when it had already exited: nothing of it runs again)."""
+    task: TaskSnapshot | None
+    ctx: CallContext
+    files: "FilesSnapshot"
+    sig: SignalState
+    heap: Heap
+    rseq: RseqArea
+    exit: ExitState
+    parent: "Process | None"
+    children_procs: list
+    wait_sleepers: list
+    rlimits: dict
+    refusals: list
+    unimplemented: dict
+    timed: list
+    values: dict
+
+
 class Process(Machine):
     """One emulated process (see the module's doc)."""
 
@@ -143,8 +179,9 @@ class Process(Machine):
         self._timed: list[tuple[int, int, Callable[["Process"], None]]] = []
         self._timed_seq = 0
         self._hit: int | None = None
-        self._resume_rip: int | None = None       # where the run loop last resumed, and at which index
-        self._resume_index = -1
+        self._last_arrival: tuple[int, int] | None = None   # (address, index) of the last watch reported
+        self._resume_rip: int | None = None       # where the run loop last resumed
+        self._arrived_here = False                # ... and whether that was reported as an arrival
         self._block_costs: dict[int, float] = {}
         self._resume_fpu_init()
 
@@ -346,31 +383,27 @@ class Process(Machine):
         self._timed.append((n, self._timed_seq, fn))
         self._timed.sort()
 
+    def arrive(self) -> None:
+        """Report the arrival at the current instruction now, if it is
+        watched and was not reported at this index (a tool that stopped here
+        by at_index, or restored a snapshot taken so, wants it before it
+        acts; otherwise it is reported as the process runs on)."""
+        ctx = self.ctx
+        if ctx.rip in self._watches and self._last_arrival != (ctx.rip, ctx.index):
+            self._last_arrival = (ctx.rip, ctx.index)
+            for fn in list(self._watches.get(ctx.rip, ())):
+                fn(self)
+
     def _on_watch(self, task, address: int) -> None:
-        if address == self._resume_rip and self.ctx.index == self._resume_index and self.recorder.count <= 1:
-            # The instruction we stopped before, run now (also when it faults
-            # and runs again: nothing has retired since, and this run has
-            # entered no other block).  Not a new arrival.
+        if address == self._resume_rip and self._arrived_here and self.recorder.count <= 1:
+            # The instruction we stopped before and reported, run now (also
+            # when it faults and runs again: this run has entered no other
+            # block).  Not a new arrival.  (ctx.index is not current inside
+            # a run: the run loop counts the blocks at the stop.)
             return
         self._hit = address
         self.ctx.stop_requested = True
         self.uc.emu_stop()
-
-    def _fix_hook_stop(self, addr: int) -> None:
-        """A code hook stopped the CPU before addr ran, but the block holding
-        addr was already counted whole (the run loop counts a block as run
-        when it stops without a fault): take back what did not run."""
-        entries = self.recorder.entries()
-        if not entries:
-            return
-        info = self.blocks.get(entries[-1])
-        if not info.addr <= addr < info.addr + info.size:
-            return
-        k = info.executed_before(addr)
-        ctx = self.ctx
-        ctx.index -= info.ninsns - k
-        ctx.cycles -= info.prefix_cost[-1] - info.prefix_cost[k]
-        ctx.result.instructions = ctx.index
 
     # ------------------------------------------------------------------ running
     def run_slice(self) -> None:
@@ -382,7 +415,8 @@ class Process(Machine):
             if ctx.done or self.state != RUNNING:
                 break
             stop_at = self._timed[0][0] if self._timed else None
-            self._resume_rip, self._resume_index = ctx.rip, ctx.index
+            self._resume_rip = ctx.rip
+            self._arrived_here = self._last_arrival == (ctx.rip, ctx.index)
             entry.run(self, ctx, stop_at)
             if self.cpu_hooks.error is not None:
                 err, self.cpu_hooks.error = self.cpu_hooks.error, None
@@ -390,8 +424,10 @@ class Process(Machine):
             if ctx.stop_requested:
                 ctx.stop_requested = False
                 if self._hit is not None:
+                    # The run loop retired only what ran before addr (a stop
+                    # inside a block is accounted as partial): ctx.index is exact.
                     addr, self._hit = self._hit, None
-                    self._fix_hook_stop(addr)
+                    self._last_arrival = (addr, ctx.index)
                     for fn in list(self._watches.get(addr, ())):
                         fn(self)
         if ctx.done and self.state == RUNNING:
@@ -401,6 +437,57 @@ class Process(Machine):
         while self._timed and self._timed[0][0] <= self.ctx.index:
             _, _, fn = self._timed.pop(0)
             fn(self)
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self, ctx: CallContext | None = None) -> "ProcessSnapshot":
+        """Everything needed to come back here any number of times, cheaply:
+        the task (mm copy-on-write, CPU, kernel), the process's own call
+        context (ctx is ignored: a process has one), its descriptors and the
+        open files' state, signals, heap, rseq, family, exit state and the
+        tool API's timers.  Watches, syscall hooks and observers are the
+        tools' own and are left as they are; the other processes, the
+        console and the page cache are System.snapshot's."""
+        alive = not getattr(self.mm, "dead", False)
+        return ProcessSnapshot(
+            task=Task.snapshot(self, None) if alive else None, ctx=self.ctx.copy(), files=self.files.snapshot(),
+            sig=self.sig.copy(), heap=replace(self.heap), rseq=replace(self.rseq), exit=replace(self.exit),
+            parent=self.parent, children_procs=list(self.children_procs),
+            wait_sleepers=list(self.wait_chldexit.sleepers), rlimits=dict(self.rlimits),
+            refusals=list(self.refusals), unimplemented=dict(self.unimplemented), timed=list(self._timed),
+            values={k: getattr(self, k) for k in _SNAPSHOT_VALUES})
+
+    def restore(self, snap: "ProcessSnapshot") -> CallContext:
+        """Back to a snapshot (any number of times); a process that exited
+        since comes back to life.  Processes it forked since are forgotten by
+        the System.  Returns the process's call context."""
+        if snap.task is not None:
+            later = self.children[snap.task.nchildren:]
+            if getattr(self.mm, "dead", False):
+                self._revive()
+            Task.restore(self, snap.task)       # tears down the mm of every later child
+            for c in later:
+                if isinstance(c, Process):
+                    self.system.forget(c)
+        self.ctx = snap.ctx.copy()
+        self.files.restore(snap.files)
+        self.sig = snap.sig.copy()
+        self.heap, self.rseq, self.exit = replace(snap.heap), replace(snap.rseq), replace(snap.exit)
+        self.parent = snap.parent
+        self.children_procs = list(snap.children_procs)
+        self.wait_chldexit.sleepers = list(snap.wait_sleepers)
+        self.rlimits, self.refusals = dict(snap.rlimits), list(snap.refusals)
+        self.unimplemented = dict(snap.unimplemented)
+        self._timed = list(snap.timed)
+        for k, v in snap.values.items():
+            setattr(self, k, v)
+        return self.ctx
+
+    def _revive(self) -> None:
+        """Undo what exit did to the task (exit_mmap, the block hook's
+        removal), so that Task.restore can map the snapshot's pages again."""
+        self.mm.dead = False
+        self.mm.phys.register_mm(self.mm)
+        self.recorder.reopen()
 
     # ------------------------------------------------------------------ fork and exit
     def _spawn(self, mm: "MM", name: str) -> "Process":
@@ -431,6 +518,7 @@ class Process(Machine):
         child.exe, child.argv = self.exe, list(self.argv)
         child.arg_start, child.arg_end = self.arg_start, self.arg_end
         child.observers = list(self.observers)
+        child._last_arrival = self._last_arrival    # a fork at a watch: the child's resuming there is no arrival
         child.ctx = CallContext(result=CallResult(size=0, process=child.name), rip=ctx.rip, budget=self.budget,
                                 index=ctx.index, rep_open=ctx.rep_open)
         child.ctx.cycles = ctx.cycles

@@ -3,7 +3,7 @@ the run loop's own state for one call (CallContext, injections, a pending
 fault).  Plain dataclasses; JSON goes through as_dict()."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from emulator.traps import SignalInfo
 
@@ -166,3 +166,16 @@ class CallContext:
     pending_fault: tuple | None = None   # (PendingFault, rip) when stopped at a fault
     stop_requested: bool = False  # a hook (breakpoint, Ctrl-C) asks the run loop to return
     cycle_state: object | None = None   # the cycle model's state between runs (emulator/cycles/sequence.py)
+
+    def copy(self) -> "CallContext":
+        """A copy that shares nothing mutable with this one, and cheaper than
+        a deepcopy: records already written never change, except the last
+        fault record, which an identical refault folds into (append_fault)."""
+        r = self.result
+        faults = list(r.faults)
+        if faults:
+            faults[-1] = replace(faults[-1], bits=list(faults[-1].bits), stages=list(faults[-1].stages))
+        res = replace(r, faults=faults, syscalls=list(r.syscalls), children=list(r.children),
+                      injections=list(r.injections))
+        cyc = replace(self.cycle_state) if self.cycle_state is not None else None
+        return replace(self, result=res, injections=list(self.injections), cycle_state=cyc)

@@ -159,6 +159,11 @@ class SignalState:
         """copy_sighand + the mask; a child starts with nothing pending."""
         return SignalState([replace(a) for a in self.actions], self.blocked, [], self.altstack)
 
+    def copy(self) -> "SignalState":
+        """All of it, pending signals included (a snapshot; queued KSignals
+        are never changed, so the list is copied, not its entries)."""
+        return SignalState([replace(a) for a in self.actions], self.blocked, list(self.pending), self.altstack)
+
     def ignored(self, sig: int) -> bool:
         """sig_ignored(): discarded when generated."""
         h = self.actions[sig].handler

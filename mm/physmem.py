@@ -11,8 +11,10 @@ memory the emulated system owns); restore() charges them again, which may leave
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Optional
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
 
 from .flags import (OVERCOMMIT_ALWAYS, OVERCOMMIT_GUESS, OVERCOMMIT_NEVER, PAGE_SIZE,
                     SWAP_CLUSTER_MAX)
@@ -241,6 +243,36 @@ class PhysMem:
         if frame.snap_refs == 0 and not frame.rmap and not frame.cached:
             self._release(frame)
 
+    # --- machine snapshots (a harness feature, like mm/snapshot.py) ---------------------
+    def cache_snapshot(self) -> "CacheSnapshot":
+        """The page cache's contents and the LRU lists' order.  Restoring every
+        mm brings its pages back, but not pages the cache took in since (they
+        are charged) nor the order reclaim would pick victims in; this does.
+        The cached frames are held (snap_get) so that none is recycled."""
+        frames = list(self.page_cache.values())
+        for f in frames:
+            self.snap_get(f)
+        snap = CacheSnapshot(dict(self.page_cache), list(self.lru_anon), list(self.lru_drop), list(self.lru_file))
+        snap._finalizer = weakref.finalize(snap, _put_frames, self, frames)
+        return snap
+
+    def cache_restore(self, snap: "CacheSnapshot") -> None:
+        """After every mm was restored: evict what the cache took in since (it
+        is mapped by nobody now), take back what it evicted, reorder the LRUs."""
+        for key, f in list(self.page_cache.items()):
+            if snap.page_cache.get(key) is not f and not f.rmap:
+                self.pagecache_remove(f)
+        for key, f in snap.page_cache.items():
+            if key not in self.page_cache and not f.cached:
+                self.pagecache_add(f, key)
+        for lru, order in ((self.lru_anon, snap.lru_anon), (self.lru_drop, snap.lru_drop),
+                           (self.lru_file, snap.lru_file)):
+            first = [f for f in order if f in lru]
+            seen = set(first)
+            rest = [f for f in lru if f not in seen]
+            lru.clear()
+            lru.update((f, None) for f in first + rest)
+
     # --- mm registry (for safe frame recycling) ------------------------------------------
     def register_mm(self, mm: "MmStruct") -> None:
         self._mm_gen[mm.id] = 0
@@ -264,3 +296,18 @@ class PhysMem:
     def __repr__(self) -> str:
         return (f"PhysMem(charged={self.charged}/{self.memory_pages}, swap={self.swap.used}/"
                 f"{self.swap.nr_pages}, committed={self.vm_committed_as}, fail={self.failing})")
+
+
+@dataclass(eq=False)
+class CacheSnapshot:
+    """PhysMem.cache_snapshot(): the page cache and the LRU lists' order."""
+    page_cache: dict[tuple, Frame]
+    lru_anon: list[Frame]
+    lru_drop: list[Frame]
+    lru_file: list[Frame]
+    _finalizer: Any = field(default=None, repr=False)
+
+
+def _put_frames(phys: PhysMem, frames: list[Frame]) -> None:
+    for f in frames:
+        phys.snap_put(f)

@@ -54,6 +54,8 @@ def register(sub, parser_class) -> None:
                    help="the program's environment (repeatable; default: PATH only)")
     p.add_argument("--budget", type=_int, default=DEFAULT_EXEC_BUDGET, metavar="N",
                    help="instructions each process may run before it is stopped")
+    p.add_argument("--livelock", type=_int, default=None, metavar="N",
+                   help="refaults without progress before a livelock is reported (default 1000)")
     p.add_argument("--profile", default="zen4", help="cycle profile (as for run)")
     p.add_argument("--json", metavar="FILE", help="the whole report as JSON ('-': stdout); the program's "
                                                   "output is captured into it")
@@ -73,29 +75,43 @@ def build_config(args: argparse.Namespace):
     from emulator.exec.triggers import parse_trigger
     from vdso.loader import default_image_name, load_image
     check_seed(args.seed)
-    nonempty(args.program, "PROGRAM")
     nonempty(args.profile, "--profile")
     if not 16 <= args.memory <= MAX_PAGES:
         raise UsageError(f"--memory {args.memory}: out of range (16..{MAX_PAGES} pages)")
     if not 1 <= args.budget <= MAX_BUDGET:
         raise UsageError(f"--budget {args.budget}: out of range (1..2^40)")
-    for d in args.allow_read:
-        if not os.path.isdir(d):
-            raise UsageError(f"--allow-read {d}: not a directory")
+    livelock = check_livelock(args.livelock)
     env = args.env if args.env is not None else None
-    for e in env or ():
-        if "=" not in e or e.startswith("="):
-            raise UsageError(f"--env {e!r}: expected NAME=VALUE")
+    check_program_inputs(args.program, env, args.allow_read)
     for spec in args.inject:
         parse_trigger(spec)
-    if not os.path.lexists(args.program):
-        raise UsageError(f"{args.program}: no such file")
     image = load_image(args.image if args.image is not None else default_image_name())
     kw = {} if env is None else {"env": list(env)}
+    if livelock is not None:
+        kw["livelock_limit"] = livelock
     return ExecConfig(image=image, program=args.program, args=list(args.args), seed=args.seed,
                       memory_pages=args.memory, droppable_oom=args.droppable_oom, budget=args.budget,
                       allow_read=list(args.allow_read), profile=args.profile,
                       passthrough=not (args.json or args.native), **kw)
+
+
+def check_livelock(n: int | None) -> int | None:
+    if n is not None and not 2 <= n <= 1_000_000:
+        raise UsageError(f"--livelock {n}: out of range (2..1000000)")
+    return n
+
+
+def check_program_inputs(program: str, env: list[str] | None, allow_read: list[str]) -> None:
+    """What exec and sweep --exec refuse about the program before booting anything."""
+    nonempty(program, "PROGRAM")
+    for d in allow_read:
+        if not os.path.isdir(d):
+            raise UsageError(f"--allow-read {d}: not a directory")
+    for e in env or ():
+        if "=" not in e or e.startswith("="):
+            raise UsageError(f"--env {e!r}: expected NAME=VALUE")
+    if not os.path.lexists(program):
+        raise UsageError(f"{program}: no such file")
 
 
 def cmd_exec(args: argparse.Namespace) -> int:

@@ -46,5 +46,14 @@ class TraceRecorder:
     def on_refusal(self, p: "Process", rec, why: str) -> None:
         self.refusals.append((p.pid, rec.name, why))
 
+    # System.snapshot/restore: the record comes back with the machine.
+    def save_state(self) -> tuple:
+        return ({pid: len(ev) for pid, ev in self.raw.items()}, len(self.ignored), len(self.refusals))
+
+    def restore_state(self, st: tuple) -> None:
+        lengths, nignored, nrefusals = st
+        self.raw = {pid: ev[:lengths[pid]] for pid, ev in self.raw.items() if pid in lengths}
+        del self.ignored[nignored:], self.refusals[nrefusals:]
+
     def trace(self, stdout: str = "", stderr: str = "", returncode: int = 0) -> Trace:
         return normalise(self.raw, stdout, stderr, returncode)

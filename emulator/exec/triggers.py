@@ -21,13 +21,14 @@ mode; the other kinds before the syscall runs.
 """
 from __future__ import annotations
 
-import os
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from emulator import inject
 from emulator.errors import UsageError
+from emulator.exec.symbols import SymbolTables
 from emulator.records import Injection
 from emulator.signal import SI_KERNEL, parse_signal, signame
 from emulator.syscall_names import NUMBERS
@@ -122,8 +123,10 @@ class Injector:
         self.triggers = triggers
         self.watch_vdso = watch_vdso or any(t.where == "getrandom" for t in triggers)
         self.vdso_calls: list[VdsoCall] = []
-        self._symbols: dict[str, dict[str, int]] = {}      # file -> symbol -> offset from its base
-        self._placed: dict[int, set[tuple[str, int]]] = {}  # pid -> (symbol, address) watched
+        self._symbols = SymbolTables()
+        # (symbol, address) watched in each process: Unicorn hooks, which no
+        # snapshot restores, so kept per Process object and not saved.
+        self._placed: "weakref.WeakKeyDictionary[Process, set[tuple[str, int]]]" = weakref.WeakKeyDictionary()
 
     # ---------------------------------------------------------------- attaching
     def attach(self, p: "Process", first: bool = True) -> None:
@@ -156,6 +159,17 @@ class Injector:
     def on_refusal(self, p, rec, why) -> None:
         pass
 
+    # System.snapshot/restore: the counters come back with the machine.
+    def save_state(self) -> tuple:
+        return [(t.seen, len(t.fired)) for t in self.triggers], len(self.vdso_calls)
+
+    def restore_state(self, st: tuple) -> None:
+        counts, ncalls = st
+        for t, (seen, nfired) in zip(self.triggers, counts):
+            t.seen = seen
+            del t.fired[nfired:]
+        del self.vdso_calls[ncalls:]
+
     # ---------------------------------------------------------------- occurrences
     def _on_vdso_entry(self, p: "Process") -> None:
         regs = tuple(p.reg(r) for r in ("RDI", "RSI", "RDX", "RCX", "R8"))
@@ -177,7 +191,7 @@ class Injector:
                     self._fire(p, t, where)
 
     def _place_symbols(self, p: "Process") -> None:
-        placed = self._placed.setdefault(p.pid, set())
+        placed = self._placed.setdefault(p, set())
         for t in self.triggers:
             if t.where != "sym":
                 continue
@@ -195,31 +209,7 @@ class Injector:
     def _resolve(self, p: "Process", name: str) -> list[int]:
         """Where NAME is in p now: the vDSO, and every file mapped at offset 0
         (its load base) whose symbol tables name it."""
-        out = []
-        img = p.kernel.image
-        if img.has_symbol(name):
-            out.append(img.symbol(name))
-        bases: dict[str, int] = {}
-        for v in p.mm.vmas:
-            f = v.vm_file
-            if f is not None and v.vm_pgoff == 0 and (f.name not in bases or v.start < bases[f.name]):
-                bases[f.name] = v.start
-        for path, base in bases.items():
-            syms = self._symbols_of(path)
-            if name in syms:
-                out.append(base + syms[name])
-        return out
-
-    def _symbols_of(self, path: str) -> dict[str, int]:
-        if path not in self._symbols:
-            from vdso.elf_symbols import read_symbols
-            try:
-                with open(path, "rb") as f:
-                    raw = f.read()
-                self._symbols[path] = {s.name: s.offset for s in read_symbols(raw, os.path.basename(path))}
-            except Exception:       # not an ELF file, unreadable: it holds no symbol for us
-                self._symbols[path] = {}
-        return self._symbols[path]
+        return [addr for _, addr in self._symbols.resolve(p, name)]
 
     # ---------------------------------------------------------------- carrying out
     def _fire(self, p: "Process", t: Trigger, where: str) -> None:
@@ -228,17 +218,25 @@ class Injector:
             return
         rec = {"spec": t.spec, "kind": t.kind, "where": where, "pid": p.pid, "index": ctx.index,
                "rip": hex(ctx.rip)}
-        if t.kind == "fork":
-            child = p.copy_process(ctx)
-            rec["child"] = child.pid
-            p.charge(ctx, "inject", ctx.rip, {"event": "fork", "child": child.pid},
-                     cycles=p.kernel.profile.event_cost("fork"))
-        elif t.kind.startswith("signal:"):
-            signo = parse_signal(t.kind[7:])
-            rec["signal"] = signame(signo)
-            p.send(signo, SI_KERNEL, None)
-            p.charge(ctx, "inject", ctx.rip, {"event": t.kind}, cycles=0)
-            p.exit_to_user_mode(ctx)
-        else:
-            inject.apply(p, ctx, Injection(ctx.index, t.kind))
+        rec.update(carry_out(p, t.kind))
         t.fired.append(rec)
+
+
+def carry_out(p: "Process", kind: str) -> dict:
+    """Do KIND (a kind of --inject) to p now, at its current instruction
+    boundary; returns what to record of it (the child's pid, the signal).
+    A signal is delivered at once, to the program's handler when it has one."""
+    ctx = p.ctx
+    if kind == "fork":
+        child = p.copy_process(ctx)
+        p.charge(ctx, "inject", ctx.rip, {"event": "fork", "child": child.pid},
+                 cycles=p.kernel.profile.event_cost("fork"))
+        return {"child": child.pid}
+    if kind.startswith("signal:"):
+        signo = parse_signal(kind[7:])
+        p.send(signo, SI_KERNEL, None)
+        p.charge(ctx, "inject", ctx.rip, {"event": kind}, cycles=0)
+        p.exit_to_user_mode(ctx)
+        return {"signal": signame(signo)}
+    inject.apply(p, ctx, Injection(ctx.index, kind))
+    return {}
