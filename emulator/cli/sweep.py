@@ -56,6 +56,8 @@ def register(sub, parser_class) -> None:
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="progress bar on stderr (default: when stderr is a terminal)")
     prog.add_argument("--no-progress", dest="progress", action="store_false")
+    from emulator.cli.sweep_exec import add_exec_options
+    add_exec_options(p)
     p.set_defaults(func=cmd_sweep)
 
 
@@ -143,6 +145,9 @@ def _write_json(target: OutputTarget, obj: dict) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from emulator.cli.sweep_exec import cmd_sweep_exec, wants_exec
+    if wants_exec(args):
+        return cmd_sweep_exec(args)
     if args.mutants:
         return cmd_mutants(args)
     from emulator.sweep.coordinator import sweep

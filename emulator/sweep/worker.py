@@ -27,8 +27,10 @@ import time
 import traceback
 
 from emulator.sweep.config import SweepConfig
+from emulator.sweep.exec_config import ExecSweepConfig
 from emulator.sweep.harness import Harness
 from emulator.sweep.keystream import StreamCache
+from emulator.sweep.process_harness import cached_harness
 from emulator.sweep.records import RunRecord, SweepTask, crash_record
 from vdso.image import VdsoImage
 
@@ -42,6 +44,8 @@ _BLOCK_CACHES: dict[tuple, object] = {}
 
 
 def harness_for(image: VdsoImage, cfg: SweepConfig) -> Harness:
+    if isinstance(cfg, ExecSweepConfig):        # sweep --exec: a real program (process_harness.py)
+        return cached_harness(image, cfg, _STREAMS)
     ikey = (image.name, image.base, hashlib.sha1(bytes(image.text)).digest(), image.rng_data_offset, image.abi)
     key = (ikey, cfg)
     h = _HARNESSES.get(key)
