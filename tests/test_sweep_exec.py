@@ -13,8 +13,8 @@ the emulated process (ProcessHarness.mutate), are caught.  A wrapper that
 never calls the vDSO hands out the poisoned buffer (Provenance, at the
 baseline already); a wrapper whose TCB reservation does not hold off a
 handler leaves the vDSO's in_use guard alone against a drop, and the
-interrupted call hands out bytes of a key nobody supplied (a key half old,
-half the handler's reseed).
+interrupted call hands out keystream of a key nobody supplied: its refill
+had loaded the first half of the key when the handler's call replaced it.
 """
 from __future__ import annotations
 
@@ -160,8 +160,9 @@ def test_without_glibcs_reservation_a_torn_key_is_caught(mutant, image):
     """glibc's `test $1, %r9b; jne fallback` (the TCB reservation) replaced by
     taking the state without its reserved bit: a handler's getrandom() is
     left to the vDSO's in_use guard, which a drop clears.  Call 4 refills
-    its batch; a drop + handler just as it loads the key makes it hand out
-    keystream of a key half old, half the handler's."""
+    its batch; a drop + handler between the two 16-byte loads of the key
+    (__arch_chacha20_blocks_nostack's first instructions) makes it hand out
+    keystream of a key half old, half the one the handler's call left."""
     h, cfg = mutant
     at = libc_code(h, "41f6c1010f85")            # test $0x1,%r9b; jne
     assert h.proc.read(at + 13, 3) == bytes.fromhex("4d89cf")     # mov %r9,%r15
