@@ -43,7 +43,7 @@ def test_policy_marker(skip_outcome):
 
 
 def test_raw_bytes(skip_outcome):
-    out = skip_outcome(bytes.fromhex("66e80001"))      # call rel16 (capstone reads rel32)
+    out = skip_outcome(bytes.fromhex("f30f7f07"))      # movdqu xmmword ptr [rdi], xmm0
     assert out.skipped and out.skip_len == 4
 
 
