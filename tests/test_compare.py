@@ -261,3 +261,106 @@ def test_cli_compare_bad_input_is_one_line_exit_2(argv, msg, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and msg in err
+
+
+# ---------------------------------------------------------------------- human output (issue 16)
+@functools.lru_cache(maxsize=None)
+def _subset_report() -> dict:
+    """oom and fork only, as in the README's example: a design is OOM-killed."""
+    from emulator.compare.core import run_compare
+    opts = Options(seed=3, boundaries=4, oom_modes=("persistent", "oom:1"))
+    return run_compare(_image(), [DESIGNS[d] for d in ("droppable-retry", "plain-anon")], ["oom", "fork"], opts)
+
+
+def test_summary_reflects_exactly_the_scenarios_that_ran():
+    from emulator.compare.report import format_report
+    rep = _subset_report()
+    ran = set(rep["config"]["scenarios"])
+    for d in rep["config"]["designs"]:
+        # the cost is that of the runs in the cycle table, never "not run" beside it
+        cost = rep["summary"][d]["cost"]["text"]
+        c = rep["cycles"][d]["fork"]
+        assert "not run" not in cost and f"fork {c['mean']:.0f}/{c['p99']:.0f}" in cost
+    assert rep["summary"]["plain-anon"]["cost"]["text"].startswith("oom: killed, no cost; fork ")
+    from emulator.compare.core import SOURCES
+    for d in rep["config"]["designs"]:
+        for prop in SOURCES:
+            cell = rep["summary"][d][prop]
+            if ran.isdisjoint(SOURCES[prop]):
+                assert cell["verdict"] == "n/a" and all(s in cell["text"] for s in SOURCES[prop])
+            else:
+                assert cell["verdict"] != "n/a" and "not run" not in cell["text"]
+        assert rep["summary"][d]["swap"]["text"].endswith("(from fork only)")   # pressure, swap did not run
+    assert "(from the runs above: oom, fork only)" in format_report(rep)
+
+
+def test_boundary_wording_follows_the_options():
+    import re
+    from emulator.compare.report import format_report
+    from emulator.compare.scenarios import SCENARIOS
+    every = re.compile(r"every\s+instruction\s+boundary")
+    rep = _subset_report()                                  # --boundaries 4
+    text = format_report(rep)
+    assert "fork() at 4 instruction boundaries, spread evenly, of a 128-byte call" in text
+    assert not every.search(text)
+    # a report saved while descriptions said "every" renders as it was run too
+    old = {**rep, "scenarios": {**rep["scenarios"], "fork": SCENARIOS["fork"].__doc__}}
+    assert not every.search(format_report(old))
+    from emulator.compare.scenarios import describe
+    for s in ("fork", "coredump", "reenter"):
+        doc = SCENARIOS[s].__doc__
+        assert every.search(doc) and describe(doc, None) == doc
+        assert "the last instruction boundary" in describe(doc, 1)
+
+
+def _rgb(colour: str) -> tuple[float, float, float]:
+    return tuple(int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+
+
+def test_picture_keeps_design_colours_apart_from_verdicts_and_says_why_a_bar_is_missing():
+    import colorsys
+    import xml.etree.ElementTree as ET
+    from emulator.compare.report import cycles_text, render_svg
+    from emulator.compare.core import run_compare
+    ns = "{http://www.w3.org/2000/svg}"
+    every = run_compare(_image(), [DESIGNS[d] for d in ALL], ["steady"], Options(seed=3, scale=0.05))
+    rects = list(ET.fromstring(render_svg(every)).iter(ns + "rect"))
+    bars = {r.get("fill") for r in rects if r.find(ns + "title") is not None}
+    cells = {r.get("fill") for r in rects if r.get("rx")}
+    assert len(bars) == len(ALL) and bars.isdisjoint(cells)
+    for c in bars:
+        # blues and purples only: green and red mean "holds" and "broken"
+        h, _, _ = colorsys.rgb_to_hls(*_rgb(c))
+        assert 180 <= h * 360 <= 300, c
+    rep = _subset_report()
+    svg = ET.fromstring(render_svg(rep))
+    texts = [t.text for t in svg.iter(ns + "text")]
+    assert "plain-anon: killed, no cost" in texts and "NO: a run broke it" in texts
+    assert "killed: no cost" in cycles_text(rep)
+    # every design's colour, apart in grey-scale too
+    from emulator.compare.report import design_color
+    palette = [design_color(d, i) for i, d in enumerate(DESIGNS)]
+    greys = sorted(0.299 * r + 0.587 * g + 0.114 * b for r, g, b in map(_rgb, palette))
+    assert all(b - a >= 0.1 for a, b in zip(greys, greys[1:]))
+
+
+def test_human_output_has_no_python_values_and_rounds_cycles():
+    import re
+    from emulator.compare.report import format_report
+    rep = _subset_report()
+    text = format_report(rep)
+    assert not re.search(r"\bNone\b|\bTrue\b|\bFalse\b|[{}\[\]]|'\w+':", text)
+    head, body = text.split("\n\n", 1)                                 # the head has abi 6.11, elapsed=1.5s
+    assert not re.search(r"\d\.\d", body)                                # cycles, rounded
+    assert any(isinstance(r["metrics"]["cycles_mean"], float) for r in rep["results"]["fork"].values())
+
+
+def test_the_readmes_picture_is_a_full_run_drawn_by_this_renderer():
+    import pathlib
+    import xml.etree.ElementTree as ET
+    from emulator.compare.scenarios import SCENARIOS
+    path = pathlib.Path(__file__).resolve().parent.parent / "docs" / "compare.svg"
+    svg = ET.parse(path).getroot()
+    texts = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    assert set(SCENARIOS) <= texts and set(DESIGNS) <= texts
+    assert "NO: a run broke it" in texts and "plain-anon: killed, no cost" in texts

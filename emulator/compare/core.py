@@ -16,8 +16,12 @@ no rlimit   every thread gets a state page: no RLIMIT_MEMLOCK failure (memlock)
             and no strict-overcommit failure (strict-overcommit)
 re-entrancy a signal handler using the state of the call it interrupted gets no
             zero or duplicate output, also when reclaim took the state page first
-cost        cycles per call (mean / p99: steady, pressure), and pages locked or
-            pinned (memlock)
+cost        cycles per call (mean / p99: steady, pressure; without them, every
+            scenario that ran, and why a run that returned no call has no cost),
+            and pages locked or pinned (memlock)
+
+A property none of whose scenarios ran is `n/a` and names the scenarios it
+needs; one read from only some of them says which.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import signal
 import time
 from dataclasses import asdict
 
-from emulator.compare.scenarios import SCENARIOS, Options, run_scenario
+from emulator.compare.scenarios import SCENARIOS, Options, describe, run_scenario
 from emulator.compare.designs import Design
 from vdso.image import VdsoImage
 
@@ -85,7 +89,7 @@ def run_compare(image: VdsoImage, designs: list[Design], scenarios: list[str], o
                    "scale": opts.scale, "memlock_threads": opts.memlock_threads,
                    "memlock_rounds": opts.memlock_rounds, "profile": opts.profile},
         "designs": {d.name: asdict(d) for d in designs},
-        "scenarios": {s: (SCENARIOS[s].__doc__ or "").strip() for s in scenarios},
+        "scenarios": {s: describe((SCENARIOS[s].__doc__ or "").strip(), opts.boundaries) for s in scenarios},
         "results": {s: {d: results[s][d] for d in names} for s in scenarios},
     }
     report["summary"] = summarize(report)
@@ -109,6 +113,34 @@ def _m(report: dict, scenario: str, design: str) -> dict | None:
 def _cell(ok: bool | None, text: str, partial: bool = False) -> dict:
     verdict = "n/a" if ok is None else ("partial" if partial else ("yes" if ok else "no"))
     return {"verdict": verdict, "text": text}
+
+
+# The scenarios each verdict of the summary is read from (see the module doc);
+# the cost is read from whatever ran.
+SOURCES = {"swap": ("pressure", "swap", "fork"), "coredump": ("coredump",), "fork": ("fork",), "oom": ("oom",),
+           "rlimit": ("memlock", "strict-overcommit"), "reenter": ("reenter",)}
+
+
+def _not_run(prop: str) -> str:
+    return f"not run (needs {' or '.join(SOURCES[prop])})"
+
+
+def _only(report: dict, design: str, prop: str) -> str:
+    """' (from fork only)' when some of a property's scenarios did not run: the
+    verdict then rests on fewer runs than a full comparison's."""
+    ran = [s for s in SOURCES[prop] if _m(report, s, design) is not None]
+    return "" if len(ran) == len(SOURCES[prop]) else f" (from {', '.join(ran)} only)"
+
+
+def no_cost(m: dict) -> str | None:
+    """Why a scenario's run has no cycles per call (no call returned), in the
+    words of its outcomes (`killed`, `livelock`...); None when calls returned."""
+    if m.get("returned"):
+        return None
+    why = [w for w, k in (("killed", "killed"), ("signal", "signals"), ("budget", "budget")) if m.get(k)]
+    if m.get("livelock_user") or m.get("livelock_kernel"):
+        why.append("livelock")
+    return "/".join(why) or ("no calls" if not m.get("calls") else "no call returned")
 
 
 _OOM_WORDS = {"returned": "completes", "killed": "OOM-killed", "livelock (user)": "spins at the vDSO's store",
@@ -136,13 +168,14 @@ def summarize(report: dict) -> dict:
             if kp or kc:
                 bad.append(f"after fork: parent {kp} B, child {kc} B key")
         if seen:
-            row["swap"] = _cell(not bad, "; ".join(bad) if bad else "no key material reached swap")
+            row["swap"] = _cell(not bad, ("; ".join(bad) if bad else "no key material reached swap")
+                                + _only(report, d, "swap"))
         else:
-            row["swap"] = _cell(None, "not run")
+            row["swap"] = _cell(None, _not_run("swap"))
         # core dump
         m = _m(report, "coredump", d)
         if m is None:
-            row["coredump"] = _cell(None, "not run")
+            row["coredump"] = _cell(None, _not_run("coredump"))
         else:
             k = m["dumps_with_key"]
             o = m["dumps_with_output_in_state"]
@@ -152,7 +185,7 @@ def summarize(report: dict) -> dict:
         # fork
         m = _m(report, "fork", d)
         if m is None:
-            row["fork"] = _cell(None, "not run")
+            row["fork"] = _cell(None, _not_run("fork"))
         else:
             n = m["boundaries_dup_state"]
             inh = m["inherited_window"]
@@ -164,7 +197,7 @@ def summarize(report: dict) -> dict:
         # OOM
         m = _m(report, "oom", d)
         if m is None:
-            row["oom"] = _cell(None, "not run")
+            row["oom"] = _cell(None, _not_run("oom"))
         else:
             rows = report["results"]["oom"][d]["rows"]
             outcomes = {}
@@ -189,13 +222,14 @@ def summarize(report: dict) -> dict:
             extra = ""
             if ml is not None and ml["pinned_pages"]:
                 extra = f"; {ml['pinned_pages']} pinned pages charged to no limit"
-            row["rlimit"] = _cell(not parts, ("; ".join(parts) if parts else "every thread got a state") + extra)
+            row["rlimit"] = _cell(not parts, ("; ".join(parts) if parts else "every thread got a state") + extra
+                                  + _only(report, d, "rlimit"))
         else:
-            row["rlimit"] = _cell(None, "not run")
+            row["rlimit"] = _cell(None, _not_run("rlimit"))
         # re-entrancy
         m = _m(report, "reenter", d)
         if m is None:
-            row["reenter"] = _cell(None, "not run")
+            row["reenter"] = _cell(None, _not_run("reenter"))
         else:
             z = m.get("evicted_boundaries_zero_output", 0) + m.get("plain_boundaries_zero_output", 0)
             du = m.get("evicted_boundaries_dup_output", 0) + m.get("plain_boundaries_dup_output", 0)
@@ -208,12 +242,16 @@ def summarize(report: dict) -> dict:
             if du:
                 bad.append(f"duplicate output at {du}/{n} boundaries")
             row["reenter"] = _cell(ok, "; ".join(bad) if bad else "no zero or duplicate output")
-        # cost
+        # cost: steady and pressure are the cost runs; without them the cell
+        # shows the scenarios that did run, so it never says "not run" beside a
+        # cycle table that has numbers
+        ran = [s for s in report["config"]["scenarios"] if _m(report, s, d) is not None]
+        timed = [s for s in ("steady", "pressure") if s in ran] or ran
         bits = []
-        for s in ("steady", "pressure"):
+        for s in timed:
             m = _m(report, s, d)
-            if m is not None:
-                bits.append(f"{s} {m['cycles_mean']:.0f}/{m['cycles_p99']:.0f}")
+            why = no_cost(m)
+            bits.append(f"{s}: {why}, no cost" if why else f"{s} {m['cycles_mean']:.0f}/{m['cycles_p99']:.0f}")
         ml = _m(report, "memlock", d)
         if ml is not None:
             if ml["locked_pages"]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from xml.sax.saxutils import escape
 
-from emulator.compare.core import PROPERTIES
+from emulator.compare.core import PROPERTIES, no_cost
+from emulator.compare.scenarios import SCENARIOS, describe
 
 
 # ---------------------------------------------------------------------- text
@@ -131,7 +132,9 @@ def scenario_tables(report: dict) -> str:
     out = []
     designs = report["config"]["designs"]
     for s in report["config"]["scenarios"]:
-        doc = report["scenarios"][s].split("\n\n")[0].replace("\n", " ")
+        # describe() again: a report saved before the wording followed --boundaries
+        doc = describe(report["scenarios"][s], report["config"]["boundaries"])
+        doc = doc.split("\n\n")[0].replace("\n", " ")
         doc = " ".join(doc.split())
         out.append(f"== {s}: {doc}")
         if s == "oom":
@@ -157,7 +160,10 @@ def summary_table(report: dict) -> str:
             c = report["summary"][d][k]
             row.append(c["verdict"] if c["verdict"] != "info" else c["text"])
         rows.append(row)
-    out = ["== summary: designs x properties (from the runs above)",
+    ran = report["config"]["scenarios"]
+    # a subset is named, so that the n/a cells read against what did run
+    whence = "" if set(ran) >= set(SCENARIOS) else f": {', '.join(ran)} only"
+    out = [f"== summary: designs x properties (from the runs above{whence})",
            table(["design"] + [h for _, h in props], rows), ""]
     for d in designs:
         out.append(f"{d}:")
@@ -175,9 +181,15 @@ def cycles_text(report: dict) -> str:
         row = [d]
         for s in scen:
             c = report["cycles"][d].get(s)
-            row.append(f"{c['mean']:.0f}/{c['p99']:.0f}" if c else "-")
+            row.append(f"{c['mean']:.0f}/{c['p99']:.0f}" if c else f"{_why_no_cost(report, s, d)}: no cost")
         rows.append(row)
     return "== cycles per call that returned (TSC cycles, mean/p99)\n" + table(["design"] + scen, rows)
+
+
+def _why_no_cost(report: dict, scenario: str, design: str) -> str:
+    """Why a run has no cycles (`killed`), so that no design drops out of a
+    column or a bar group without a word."""
+    return no_cost(report["results"][scenario][design]["metrics"]) or "no call returned"
 
 
 def format_report(report: dict) -> str:
@@ -190,10 +202,29 @@ def format_report(report: dict) -> str:
 
 
 # ---------------------------------------------------------------------- SVG
+# Colours of the picture. Verdicts alone use green, red and amber; the designs'
+# bars use blues and purples, so that no bar reads as "broken" or "holds". In
+# grey-scale the verdicts still differ by their word (YES, NO, PARTLY) and
+# border (NO: heavy, PARTLY: dashed), and the designs' colours by lightness
+# (grey levels 43, 85, 128, 160 and 215 of 255, darkest first).
 _VERDICT_FILL = {"yes": "#cdeccf", "no": "#f8c9c9", "partial": "#fde3b5", "info": "#e4ecf7", "n/a": "#eeeeee"}
 _VERDICT_WORD = {"yes": "YES", "no": "NO", "partial": "PARTLY", "info": "", "n/a": "n/a"}
-_DESIGN_COLORS = ["#1f77b4", "#17becf", "#d62728", "#2ca02c", "#7f7f7f", "#9467bd", "#8c564b"]
+_VERDICT_BORDER = {"no": 'stroke="#7a1f1f" stroke-width="2"',
+                   "partial": 'stroke="#8a5a00" stroke-width="1.2" stroke-dasharray="4 2"'}
+_VERDICT_LEGEND = [("yes", "YES: every run kept the property"), ("no", "NO: a run broke it"),
+                   ("partial", "PARTLY: some runs"), ("info", "measured cost"), ("n/a", "n/a: scenario not run")]
+DESIGN_COLORS = {"droppable-skip": "#08306b", "mlock": "#6a3d9a", "droppable-retry": "#4292c6",
+                 "pinned": "#9e9ac8", "plain-anon": "#c6dbef"}
+# designs from elsewhere (a future one, a saved report): the same blues and purples
+_SPARE_COLORS = ["#2d004b", "#807dba", "#deebf7"]
 
+
+_THIN_BORDER = 'stroke="#bbb" stroke-width="0.5"'
+_BAR_EDGE = 'stroke="#333" stroke-width="0.4"'     # the palest bar needs an edge on white
+
+
+def design_color(design: str, index: int) -> str:
+    return DESIGN_COLORS.get(design) or _SPARE_COLORS[index % len(_SPARE_COLORS)]
 
 def _wrap(text: str, width: int) -> list[str]:
     lines, cur = [], ""
@@ -224,8 +255,14 @@ def render_svg(report: dict) -> str:
     el.append(_t(pad, y, f"faultpath compare: vgetrandom state designs (image {img}, seed {report['config']['seed']})",
                  size=15, weight="bold"))
     y += 22
-    el.append(_t(pad, y, "Every cell is derived from emulated runs of the vDSO machine code; "
-                 "green = property holds, red = a run broke it.", size=10, fill="#555"))
+    el.append(_t(pad, y, "Every cell is derived from emulated runs of the vDSO machine code.", size=10, fill="#555"))
+    # the verdicts' colours, drawn as the cells are (fill, border, word)
+    lx = pad + 370
+    for v, label in _VERDICT_LEGEND:
+        el.append(f'<rect x="{lx}" y="{y - 9}" width="14" height="11" rx="2" fill="{_VERDICT_FILL[v]}" '
+                  f'{_VERDICT_BORDER.get(v, _THIN_BORDER)}/>')
+        el.append(_t(lx + 18, y, label, size=10, fill="#333"))
+        lx += 30 + 5.6 * len(label)
     y += 14
     # header
     hy = y + 14
@@ -241,7 +278,8 @@ def render_svg(report: dict) -> str:
             c = report["summary"][d][k]
             x = pad + name_w + j * cell_w
             el.append(f'<rect x="{x + 1}" y="{y + 1}" width="{cell_w - 2}" height="{cell_h - 2}" rx="3" '
-                      f'fill="{_VERDICT_FILL.get(c["verdict"], "#eee")}" stroke="#bbb" stroke-width="0.5"/>')
+                      f'fill="{_VERDICT_FILL.get(c["verdict"], "#eee")}" '
+                      f'{_VERDICT_BORDER.get(c["verdict"], _THIN_BORDER)}/>')
             ty = y + 13
             word = _VERDICT_WORD.get(c["verdict"], c["verdict"])
             if word:
@@ -259,9 +297,11 @@ def render_svg(report: dict) -> str:
     y += 34
     el.append(_t(pad, y, "Cycles per returned call (TSC cycles, log scale): bar = mean, tick = p99", size=13,
                  weight="bold"))
-    y += 12
-    scen = [s for s in report["config"]["scenarios"]
-            if any(report["cycles"][d].get(s) for d in designs)]
+    y += 16
+    el.append(_t(pad, y, "A design without a bar returned no call in that scenario; the reason is written "
+                 "in the bar's place.", size=10, fill="#555"))
+    y += 6
+    scen = report["config"]["scenarios"]
     vals = [v for d in designs for s in scen for v in
             ((report["cycles"][d].get(s) or {}).get("mean"), (report["cycles"][d].get(s) or {}).get("p99")) if v]
     lo = 10.0
@@ -269,7 +309,7 @@ def render_svg(report: dict) -> str:
     lo_l, hi_l = math.log10(lo), math.log10(hi * 1.2)
     plot_x = pad + name_w
     plot_w = width - plot_x - pad - 10
-    bar_h = 7
+    bar_h = 8
     group_h = bar_h * len(designs) + 10
 
     def xs(v):
@@ -280,8 +320,8 @@ def render_svg(report: dict) -> str:
     # legend
     lx = plot_x
     for i, d in enumerate(designs):
-        col = _DESIGN_COLORS[i % len(_DESIGN_COLORS)]
-        el.append(f'<rect x="{lx}" y="{top - 2}" width="10" height="8" fill="{col}"/>')
+        col = design_color(d, i)
+        el.append(f'<rect x="{lx}" y="{top - 2}" width="10" height="8" fill="{col}" {_BAR_EDGE}/>')
         el.append(_t(lx + 14, top + 6, d, size=10))
         lx += 24 + 7 * len(d)
     top += 16
@@ -298,16 +338,20 @@ def render_svg(report: dict) -> str:
         el.append(_t(pad + 4, gy + group_h / 2 + 3, s, size=11))
         for i, d in enumerate(designs):
             c = report["cycles"][d].get(s)
-            if not c:
-                continue
-            col = _DESIGN_COLORS[i % len(_DESIGN_COLORS)]
             by = gy + 4 + i * bar_h
+            if not c:
+                # no bar must not look like a missing run: say why, where the bar would be
+                el.append(_t(plot_x + 4, by + bar_h - 1.5, f"{d}: {_why_no_cost(report, s, d)}, no cost", size=8,
+                             fill="#333"))
+                continue
+            col = design_color(d, i)
             el.append(f'<rect x="{plot_x}" y="{by}" width="{max(0.5, xs(c["mean"]) - plot_x):.1f}" '
-                      f'height="{bar_h - 1}" fill="{col}"><title>{escape(d)} {escape(s)}: mean {c["mean"]:.0f}, '
-                      f'p99 {c["p99"]:.0f} cycles ({c["calls"]} calls)</title></rect>')
+                      f'height="{bar_h - 1}" fill="{col}" {_BAR_EDGE}><title>{escape(d)} {escape(s)}: mean '
+                      f'{c["mean"]:.0f}, p99 {c["p99"]:.0f} cycles ({c["calls"]} calls)</title></rect>')
+            # the tick is dark whatever the bar's colour: a pale one would vanish on white
             px = xs(c["p99"])
-            el.append(f'<line x1="{px:.1f}" y1="{by - 1}" x2="{px:.1f}" y2="{by + bar_h}" stroke="{col}" '
-                      f'stroke-width="2"/>')
+            el.append(f'<line x1="{px:.1f}" y1="{by - 1}" x2="{px:.1f}" y2="{by + bar_h - 1}" stroke="#222" '
+                      f'stroke-width="1.5"/>')
         el.append(f'<line x1="{plot_x}" y1="{gy + group_h - 2}" x2="{plot_x + plot_w}" y2="{gy + group_h - 2}" '
                   f'stroke="#eee"/>')
     height = bottom + 30

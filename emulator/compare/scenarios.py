@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -83,6 +84,22 @@ def select_boundaries(n: int, limit: int | None) -> list[int]:
         return [n - 1]
     step = (n - 1) / (limit - 1)
     return sorted({round(i * step) for i in range(limit)})
+
+
+# The words of the boundary scenarios' descriptions that --boundaries changes
+# (a docstring may break them across lines).
+EVERY_BOUNDARY = re.compile(r"every\s+instruction\s+boundary")
+
+
+def describe(doc: str, boundaries: int | None) -> str:
+    """A scenario's description as run: `every instruction boundary` becomes the
+    boundaries --boundaries selected (select_boundaries). Idempotent, so that a
+    report saved before the wording followed the options renders right too."""
+    if boundaries is None:
+        return doc
+    if boundaries <= 1:
+        return EVERY_BOUNDARY.sub("the last instruction boundary", doc)
+    return EVERY_BOUNDARY.sub(f"{boundaries} instruction boundaries, spread evenly,", doc)
 
 
 _PREDICTABLE: dict | None = None
@@ -417,9 +434,9 @@ def _fork_then_reclaim(design: Design, image: VdsoImage, opts: Options) -> dict:
 
 # ---------------------------------------------------------------------- coredump
 def coredump(design: Design, image: VdsoImage, opts: Options) -> ScenarioResult:
-    """A core dump (mm.coredump()) at every instruction boundary of three calls
-    on a fresh state (16 bytes: reseed and first refill; 128; 300), each dump
-    scanned for key material and output."""
+    """A core dump (mm.coredump()) at every instruction boundary of each of
+    three calls on a fresh state (16 bytes: reseed and first refill; 128; 300),
+    each dump scanned for key material and output."""
     w = _world(design, image, opts, nthreads=1)
     p = w.parent
     m, c = p.m, p.caller
@@ -497,9 +514,9 @@ def memlock(design: Design, image: VdsoImage, opts: Options) -> ScenarioResult:
 # ---------------------------------------------------------------------- reenter
 def reenter(design: Design, image: VdsoImage, opts: Options) -> ScenarioResult:
     """A signal handler calls getrandom(32) with the same state between two
-    instructions of a 128-byte call, at every boundary; variant `evicted`: reclaim
-    took the state page just before the handler ran. Then the interrupted call
-    finishes and the thread calls once more."""
+    instructions of a 128-byte call, at every instruction boundary; variant
+    `evicted`: reclaim took the state page just before the handler ran. Then the
+    interrupted call finishes and the thread calls once more."""
     w = _world(design, image, opts, nthreads=1, swap_pages=64)
     p = w.parent
     m, c = p.m, p.caller
