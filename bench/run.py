@@ -96,8 +96,8 @@ def main() -> int:
     import importlib
     import importlib.util
     # mm at scale, instructions per call, sweeps, the cycle model (incl. the
-    # validation set), and the >= 100,000-sequence differential check.
-    for extra in ("bench.mm_scale", "bench.images", "bench.sweep", "bench.cycles", "bench.diffcheck"):
+    # validation set), the native twin, and the >= 100,000-sequence differential check.
+    for extra in ("bench.mm_scale", "bench.images", "bench.sweep", "bench.cycles", "bench.twin", "bench.diffcheck"):
         if importlib.util.find_spec(extra) is not None:
             importlib.import_module(extra).main()
     return 0

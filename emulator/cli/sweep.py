@@ -1,8 +1,21 @@
 """`faultpath sweep`: every instruction boundary x every event, judged by the
-oracle; `--mutants` proves the oracle has teeth on asm/mutants/*.patch.
+oracle; `--mutants` proves the oracle has teeth on asm/mutants/*.patch;
+`--native` runs every (boundary, event) on the running kernel too and
+compares (emulator/twin/agreement.py), `--native-repro` one run of each side.
+
+Why --native is a sweep option rather than a command of its own: it is the
+same sweep configuration (sizes, placements, warm calls, events, boundaries)
+judged by the same oracle, and its reproduction lines are sweep lines.
 
 Exit status: 0 when every run passed (or, with --mutants, every mutant was
-killed), 1 on any violation or crash (a surviving mutant), 2 on bad input."""
+killed; with --native, every run agreed and neither side broke an invariant;
+with --native-repro, the kernel showed what the emulator did), 1 otherwise
+(any violation or crash, a surviving mutant, a disagreement), 2 on bad input.
+--native is asked for explicitly, so where it cannot run at all (no
+__vdso_getrandom, no ptrace rights) that is one line and exit 2, as is an
+event named in --events that cannot be made natively here (not-ready never
+can; reseed, drop and oom need root); the same events reached through
+`--events all` are skipped with their reason and do not change the status."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +53,18 @@ def register(sub, parser_class) -> None:
                    help="sweep only these instruction boundaries of the swept call (default: all, 0..n)")
     p.add_argument("--after", type=int, default=1, metavar="N",
                    help="further calls each process makes after the swept call (default 1)")
+    for opt, what in (("--warm-size", "the warm calls"), ("--handler-size", "a signal handler's nested call"),
+                      ("--after-size", "the further calls")):
+        p.add_argument(opt, type=int, default=None, metavar="BYTES",
+                       help=f"request size of {what} (default: --size)")
+    nat = p.add_mutually_exclusive_group()
+    nat.add_argument("--native", action="store_true",
+                     help="run every (boundary, event) on the running kernel's own __vdso_getrandom too "
+                          "(ptrace; the host image) and compare run by run: outcome class, returns, syscalls, "
+                          "verdicts (exit 1 on a disagreement or a violation)")
+    nat.add_argument("--native-repro", action="store_true",
+                     help="only the --boundaries and --events given, on the running kernel and in the emulator, "
+                          "every call of both printed: does the kernel show the same? (exit 1 if not)")
     p.add_argument("--jobs", type=int, default=None, metavar="N",
                    help="worker processes (default: the CPUs available; 0 = in this process, no isolation)")
     p.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
@@ -56,9 +81,10 @@ def register(sub, parser_class) -> None:
     prog.add_argument("--progress", dest="progress", action="store_true", default=None,
                       help="progress bar on stderr (default: when stderr is a terminal)")
     prog.add_argument("--no-progress", dest="progress", action="store_false")
+    # --droppable-oom's default depends on --native (the kernel's design, retry): None until resolved.
     from emulator.cli.sweep_exec import add_exec_options
     add_exec_options(p)
-    p.set_defaults(func=cmd_sweep)
+    p.set_defaults(func=cmd_sweep, droppable_oom=None)
 
 
 def _ints(values: list[str] | None, what: str, lo: int, hi: int) -> list[int]:
@@ -87,7 +113,7 @@ def _profile(spec: str) -> str:
     return str(profile_path(spec).resolve()) if Path(spec).suffix or os.sep in spec else spec
 
 
-def _options(args: argparse.Namespace, mutants: bool) -> dict:
+def _options(args: argparse.Namespace, mutants: bool, native: bool = False) -> dict:
     from emulator.run import MAX_PAGES
     from emulator.sweep.config import SWEEP_LIVELOCK, make_configs, parse_boundaries, parse_events, split_list
     from emulator.sweep.executors import check_executor, cpu_count
@@ -124,9 +150,19 @@ def _options(args: argparse.Namespace, mutants: bool) -> dict:
     if args.max_report is not None and mutants:
         raise UsageError("sweep --mutants: --max-report is not used (the mutant table shows one example each)")
     check_executor(args.executor)
-    configs = make_configs(sizes, placements, cbs, args.droppable_oom, seed=args.seed, memory_pages=args.memory,
+    call_sizes = {}
+    for opt, key in (("warm_size", "warm_size"), ("handler_size", "nested_size"), ("after_size", "after_size")):
+        v = getattr(args, opt)
+        if v is not None and not 0 <= v <= 1 << 20:
+            raise UsageError(f"--{opt.replace('_', '-')} {v}: out of range (0..{1 << 20})")
+        call_sizes[key] = v
+    if mutants and any(v is not None for v in call_sizes.values()):
+        raise UsageError("sweep --mutants: --warm-size, --handler-size and --after-size are not used")
+    # The kernel running here implements retry (6.11+); the emulator's own default is the seed's skip.
+    policy = args.droppable_oom or ("retry" if native else "skip")
+    configs = make_configs(sizes, placements, cbs, policy, seed=args.seed, memory_pages=args.memory,
                            swap_pages=args.swap, flags=args.flags, after=args.after, livelock_limit=livelock,
-                           profile=_profile(args.profile))
+                           profile=_profile(args.profile), **call_sizes)
     jobs = cpu_count() if args.jobs is None else args.jobs
     if not 0 <= jobs <= 1024:
         raise UsageError(f"--jobs {jobs}: out of range (0..1024)")
@@ -149,7 +185,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if wants_exec(args):
         return cmd_sweep_exec(args)
     if args.mutants:
+        if args.native or args.native_repro:
+            raise UsageError("sweep --mutants: --native is not used (the mutants are not the running kernel's code)")
         return cmd_mutants(args)
+    if args.native or args.native_repro:
+        from emulator.cli.sweep_native import cmd_native
+        target = _json_target(args)
+        return cmd_native(args, _options(args, mutants=False, native=True), target)
     from emulator.sweep.coordinator import sweep
     from vdso.loader import default_image_name, load_image
     target = _json_target(args)

@@ -17,6 +17,12 @@ run: the records carry the swept call's cycles).  The events:
   reenter    a signal handler calls getrandom with the same state
   reseed     the kernel's generation moves (crng reseed)
   not-ready  vdso_rng_data.is_ready is cleared
+  drop+reenter  reclaim drops the state, then a signal handler calls getrandom
+             with it (compare's reentrancy finding; not part of `all`)
+
+A configuration may give the warm calls, a handler's nested call and the
+further calls sizes of their own (warm_size, nested_size, after_size; None:
+the swept call's size), as compare's reenter scenario does.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from vdso.abi import STATE_SIZE
 from vdso.image import PAGE_SIZE
 
 EVENTS_ALL = ("drop", "oom", "oom:2", "fork", "reenter", "reseed", "not-ready")
-EVENT_KINDS = ("drop", "oom", "oom:K", "fork", "reenter", "reseed", "not-ready")
+EVENT_KINDS = ("drop", "oom", "oom:K", "fork", "reenter", "reseed", "not-ready", "drop+reenter")
 PLACEMENTS = {"start": 0, "end": PAGE_SIZE - STATE_SIZE, "straddle": PAGE_SIZE - STATE_SIZE // 2}
 SWEEP_LIVELOCK = 16       # refaults without progress before a spin is a livelock (persistent OOM
                           # never progresses; a transient oom:K needs K < this)
@@ -47,6 +53,18 @@ class SweepConfig:
     after: int = 1
     livelock_limit: int = SWEEP_LIVELOCK
     profile: str = DEFAULT_PROFILE      # a profile name, or an absolute .toml path
+    warm_size: int | None = None        # the warm calls' size (None: size)
+    nested_size: int | None = None      # a signal handler's nested call (None: size)
+    after_size: int | None = None       # the further calls' (None: size)
+
+    def size_of(self, role: str) -> int:
+        """The request size of a call in this role (warm, nested, after; else the swept size)."""
+        v = {"warm": self.warm_size, "nested": self.nested_size, "after": self.after_size}.get(role)
+        return self.size if v is None else v
+
+    @property
+    def max_size(self) -> int:
+        return max(self.size_of(r) for r in ("swept", "warm", "nested", "after"))
 
     @property
     def straddles(self) -> bool:
@@ -54,16 +72,21 @@ class SweepConfig:
         return off + STATE_SIZE > PAGE_SIZE
 
     def label(self) -> str:
-        return f"size {self.size}, state at {self.placement}, {self.calls_before} call(s) before"
+        sizes = "".join(f", {r} {v} B" for r, v in (("warm", self.warm_size), ("handler", self.nested_size),
+                                                    ("further", self.after_size)) if v is not None)
+        return f"size {self.size}, state at {self.placement}, {self.calls_before} call(s) before{sizes}"
 
 
 def make_configs(sizes: list[int], placements: list[str], calls_before: list[int], policy: str, *, seed: int = 0,
                  memory_pages: int = 4096, swap_pages: int = 0, flags: int = 0, after: int = 1,
-                 livelock_limit: int = SWEEP_LIVELOCK, profile: str = DEFAULT_PROFILE) -> list[SweepConfig]:
+                 livelock_limit: int = SWEEP_LIVELOCK, profile: str = DEFAULT_PROFILE,
+                 warm_size: int | None = None, nested_size: int | None = None,
+                 after_size: int | None = None) -> list[SweepConfig]:
     for p in placements:
         if p not in PLACEMENTS:
             raise UsageError(f"--placements {p!r}: one of {', '.join(PLACEMENTS)}")
-    return [SweepConfig(size, p, cb, policy, seed, memory_pages, swap_pages, flags, after, livelock_limit, profile)
+    return [SweepConfig(size, p, cb, policy, seed, memory_pages, swap_pages, flags, after, livelock_limit, profile,
+                        warm_size, nested_size, after_size)
             for size in sizes for cb in calls_before for p in placements]
 
 

@@ -19,7 +19,8 @@ from vdso.image import VdsoImage
 
 
 def plan_tasks(image: VdsoImage, configs: list[SweepConfig], baselines: dict[int, BaselineRecord],
-               events: list[str], jobs: int, boundaries: list[tuple[int, int]] | None = None) -> list[SweepTask]:
+               events: list[str], jobs: int, boundaries: list[tuple[int, int]] | None = None,
+               detail: bool = False) -> list[SweepTask]:
     """Every boundary (or those in the `boundaries` spans) of every
     configuration whose baseline ran, in chunks."""
     spans = {ci: [(0, b.n)] if boundaries is None else [(lo, min(hi, b.n)) for lo, hi in boundaries if lo <= b.n]
@@ -32,7 +33,7 @@ def plan_tasks(image: VdsoImage, configs: list[SweepConfig], baselines: dict[int
         for lo, hi in spans.get(ci, ()):
             for s in range(lo, hi + 1, chunk):
                 tasks.append(SweepTask(1_000_000 + len(tasks), image, cfg, ci, "boundaries", s,
-                                       min(hi + 1, s + chunk), tuple(events), n))
+                                       min(hi + 1, s + chunk), tuple(events), n, detail=detail))
     # Longest configurations first keeps the workers busy to the end (and a
     # worker's chunks of one configuration reuse its harness).
     tasks.sort(key=lambda t: -t.n)
@@ -41,18 +42,19 @@ def plan_tasks(image: VdsoImage, configs: list[SweepConfig], baselines: dict[int
 
 def sweep(image: VdsoImage, image_spec: str, configs: list[SweepConfig], events: list[str], *,
           jobs: int = 2, executor: str = "local", progress: bool | None = None,
-          boundaries: list[tuple[int, int]] | None = None) -> SweepResult:
+          boundaries: list[tuple[int, int]] | None = None, detail: bool = False) -> SweepResult:
     """Sweep every configuration: its baseline, then every boundary (or those
-    in the `boundaries` spans) x every event."""
+    in the `boundaries` spans) x every event.  detail: every record carries
+    its calls' summaries (CallSummary), for comparison with native runs."""
     t0 = time.perf_counter()
     ex = make_executor(executor, jobs)
     res = SweepResult(image.name, image_spec, configs, list(events), jobs=jobs, executor=ex.name, image_obj=image,
                       boundaries=boundaries)
     try:
-        base_tasks = [SweepTask(ci, image, cfg, ci, "baseline") for ci, cfg in enumerate(configs)]
+        base_tasks = [SweepTask(ci, image, cfg, ci, "baseline", detail=detail) for ci, cfg in enumerate(configs)]
         for _, rec in ex.run(base_tasks):
             res.baselines[rec.ci] = rec
-        tasks = plan_tasks(image, configs, res.baselines, list(events), jobs, boundaries)
+        tasks = plan_tasks(image, configs, res.baselines, list(events), jobs, boundaries, detail)
         total = sum(len(t.runs()) for t in tasks)
         bar = Progress(total, enabled=progress)
         try:

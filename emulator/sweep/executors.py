@@ -83,7 +83,7 @@ def split_at_crash(task: SweepTask, got: set, bad: tuple[int, str] | None,
     again = None
     if left:
         again = SweepTask(task.task_id, task.image, task.config, task.ci, task.kind, min(i for i, _ in left),
-                          task.stop, task.events, task.n, frozenset(set(task.skip) | got | {bad}))
+                          task.stop, task.events, task.n, frozenset(set(task.skip) | got | {bad}), task.detail)
     return crash_record(task, bad[0], bad[1], why), again
 
 

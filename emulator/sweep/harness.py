@@ -30,6 +30,7 @@ from emulator.sweep.config import PLACEMENTS, SweepConfig
 from emulator.sweep.keystream import StreamCache
 from emulator.sweep.oracle import CallObs, Judge, Verdict, Violation, expected_ret, memory_diff
 from emulator.sweep.records import BaselineRecord, RunRecord, SweepTask
+from emulator.sweep.summary import summarize
 from emulator.sweep.symbols import symbolize
 from mm import flags as F
 from vdso.abi import STATE_IN_USE, STATE_SIZE
@@ -82,7 +83,7 @@ class Harness:
         self.image = image
         self.cfg = cfg
         size = cfg.size
-        rc = RunConfig(image=image, sizes=[max(size, 1)], calls=1, seed=cfg.seed, memory_pages=cfg.memory_pages,
+        rc = RunConfig(image=image, sizes=[max(cfg.max_size, 1)], calls=1, seed=cfg.seed, memory_pages=cfg.memory_pages,
                        swap_pages=cfg.swap_pages, droppable_oom=cfg.droppable_oom,
                        livelock_limit=cfg.livelock_limit, profile=cfg.profile)
         self.kernel, self.m, self.caller = new_process(rc)
@@ -97,7 +98,8 @@ class Harness:
             m.sync_range(base, 2 * PAGE_SIZE)
             self.state = base + PLACEMENTS[cfg.placement]
         # The signal handler's own buffer.
-        hlen = max(PAGE_SIZE, (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE)
+        nsize = cfg.size_of("nested")
+        hlen = max(PAGE_SIZE, (nsize + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE)
         self.hbuf = m.mm.mmap(0, hlen, F.PROT_READ | F.PROT_WRITE, F.MAP_PRIVATE | F.MAP_ANONYMOUS, -1, 0)
         m.sync_range(self.hbuf, hlen)
         # A caller's buffers and stack are resident (a first touch under OOM would
@@ -108,20 +110,20 @@ class Harness:
         self.droppable_pages = {va for vma in m.mm.vmas if vma.vm_flags & F.VM_DROPPABLE
                                 for va in range(vma.start, vma.end, PAGE_SIZE)}
         self.K = cfg.calls_before + 1
-        self.expected = expected_ret(size, cfg.straddles)
         self.judge = Judge(streams)
         self.n: int | None = None
         self.bound: int | None = None
         self.warm_violations: list[Violation] = []
         for k in range(cfg.calls_before):
             before = m.read(self.state, STATE_SIZE)
-            ctx = m.prepare_call(caller.func, self.args(), size=size)
+            wsize = cfg.size_of("warm")
+            ctx = m.prepare_call(caller.func, self.args(size=wsize), size=wsize)
             rsp = m.reg("RSP")
             pre = self.mem_image(m)
             m.run(ctx)
             obs = self.observe(m, ctx.result, f"call {k + 1} [parent]", "warm")
             obs.state_before = before
-            obs.memory = memory_diff(pre, self.mem_image(m), self.allowed(rsp=rsp), set())
+            obs.memory = memory_diff(pre, self.mem_image(m), self.allowed(rsp=rsp, size=wsize), set())
             self.warm_violations += self.judge.judge(obs).violations
         self.ctx0 = m.prepare_call(caller.func, self.args(), size=size)
         self.entry_rsp = m.reg("RSP")
@@ -135,8 +137,8 @@ class Harness:
             ch.close()
         self.m.close()
 
-    def args(self, buffer: int | None = None) -> list[int]:
-        return self.caller.args(self.cfg.size, self.cfg.flags, self.state, buffer)
+    def args(self, buffer: int | None = None, size: int | None = None) -> list[int]:
+        return self.caller.args(self.cfg.size if size is None else size, self.cfg.flags, self.state, buffer)
 
     # ---- observation --------------------------------------------------------------
     def mem_image(self, m: Machine) -> dict[int, bytes]:
@@ -171,8 +173,9 @@ class Harness:
     def observe(self, m: Machine, res: CallResult, label: str, role: str, buffer: int | None = None,
                 livelock_expected: bool = False) -> CallObs:
         buf = self.caller.buffer if buffer is None else buffer
-        size = self.cfg.size
-        obs = CallObs(label=label, role=role, size=size, expected_ret=self.expected, outcome=res.outcome,
+        size = self.cfg.size_of(role)
+        obs = CallObs(label=label, role=role, size=size, expected_ret=expected_ret(size, self.cfg.straddles),
+                      outcome=res.outcome,
                       ret=res.ret, buffer=buf, state=self.state, syscalls=list(res.syscalls),
                       outcome_detail=res.outcome_detail, instructions=res.instructions, bound=self.bound,
                       livelock_expected=livelock_expected, policy=self.cfg.droppable_oom)
@@ -222,11 +225,13 @@ class Harness:
         obs = self.observe(m, c.result, f"call {self.K} [parent]", "swept")
         obs.memory = memory_diff(self.pre, self.changed_pages(m), self.allowed(), set())
         v = judge.judge(obs)
+        self.last_verdicts = [(obs, v)]
         return BaselineRecord(0, self.n, v.cls, [x.as_dict() for x in v.violations],
                               [x.as_dict() for x in self.warm_violations], c.result.ret, c.result.cycles)
 
-    def allowed(self, extra: list[tuple[int, int]] = (), rsp: int | None = None) -> list[tuple[int, int]]:
-        size = self.cfg.size
+    def allowed(self, extra: list[tuple[int, int]] = (), rsp: int | None = None,
+                size: int | None = None) -> list[tuple[int, int]]:
+        size = self.cfg.size if size is None else size
         rsp = self.entry_rsp if rsp is None else rsp
         return [(self.caller.buffer, self.caller.buffer + size), (self.state, self.state + STATE_SIZE),
                 (rsp - FRAME_LIMIT, rsp), *extra]
@@ -254,6 +259,8 @@ class Harness:
                     mark(i, ei)
                 try:
                     rec = self.one_run(snap, i, ev, rip, task.ci)
+                    if task.detail:
+                        rec.calls = self.summaries()
                 except Exception as e:       # a Python-level failure stays with its run
                     rec = RunRecord(task.ci, i, ev, "crash", rip, [{"invariant": "crash", "call": "harness",
                                                                    "detail": f"{type(e).__name__}: {e}"}])
@@ -267,9 +274,13 @@ class Harness:
         K = self.K
         plabel, clabel, hlabel = f"call {K} [parent]", f"call {K} [child]", f"call {K} [handler]"
         persistent = event == "oom"
-        wiped = event == "drop" or event.startswith("oom")
+        wiped = event in ("drop", "drop+reenter") or event.startswith("oom")
         injs: list[Injection] = []
-        if event in ("drop", "reseed", "not-ready"):
+        if event == "drop+reenter":
+            # Reclaim takes the state at i, before the handler runs (now, at i,
+            # whether or not the call has returned).
+            inject_mod.apply(m, c, Injection(i, "drop"))
+        elif event in ("drop", "reseed", "not-ready"):
             injs = [Injection(i, event)]
         elif event.startswith("oom"):
             injs = [Injection(i, "drop"), Injection(i, event)]
@@ -302,17 +313,17 @@ class Harness:
             c = snap.restore(m)
             kernel.restore_state(ks)
             c.budget = self.bound
-        elif event == "reenter":
+        elif event in ("reenter", "drop+reenter"):
             nested, nrsp = self.reenter(c, hlabel)
             nested.pair = plabel
             swept.append(nested)
-            extra_allowed = [(self.hbuf, self.hbuf + cfg.size), (nrsp - FRAME_LIMIT, nrsp + 8)]
+            extra_allowed = [(self.hbuf, self.hbuf + cfg.size_of("nested")), (nrsp - FRAME_LIMIT, nrsp + 8)]
             outer_alive = nested.outcome == "returned"
         if outer_alive:
             if not c.done:
                 m.run(c)
             pobs = self.observe(m, c.result, plabel, "swept", livelock_expected=persistent)
-            if event == "reenter":
+            if event in ("reenter", "drop+reenter"):
                 pobs.pair = hlabel
             pobs.memory = memory_diff(self.pre, self.changed_pages(m), self.allowed(extra_allowed),
                                       self.droppable_pages if wiped else set())
@@ -336,11 +347,16 @@ class Harness:
                 kernel.restore_state(ks)
                 verdicts += self.further(m, "child", judge)
         self.last_observations = [o for o, _ in verdicts]
+        self.last_verdicts = verdicts
         cycles = c.result.cycles if outer_alive and c.done else None
         rec = self.classify(ci, i, event, rip, verdicts, {o.label for o in swept}, cycles)
         if rec.outcome == "violation":
             rec.where = symbolize(self.image, rip)
         return rec
+
+    def summaries(self) -> list:
+        """The last run's (or baseline's) calls, judged, as CallSummary records."""
+        return [summarize(o, v) for o, v in self.last_verdicts]
 
     def further(self, m: Machine, pname: str, judge: Judge, oom_first: bool = False) -> list[tuple[CallObs, Verdict]]:
         """The process's further calls.  The last one is memoised: a fresh call's
@@ -367,7 +383,8 @@ class Harness:
                     o = dataclasses.replace(tmpl, label=label, syscalls=list(tmpl.syscalls))
                     out.append((o, judge.judge(o)))
                     break
-            ctx = m.prepare_call(self.caller.func, self.args(), size=self.cfg.size)
+            asize = self.cfg.size_of("after")
+            ctx = m.prepare_call(self.caller.func, self.args(size=asize), size=asize)
             ctx.budget = self.bound
             m.run(ctx)
             o = self.observe(m, ctx.result, label, "after", livelock_expected=expect)
@@ -414,12 +431,13 @@ class Harness:
             box[phase] = self.mem_image(m)
             box["nrsp"] = nrsp
 
-        res = nested_call(m, self.caller.func, self.args(self.hbuf), cfg.size, self.bound, around)
+        nsize = cfg.size_of("nested")
+        res = nested_call(m, self.caller.func, self.args(self.hbuf, nsize), nsize, self.bound, around)
         nrsp = box["nrsp"]
         obs = self.observe(m, res, label, "nested", buffer=self.hbuf)
         obs.state_before = state_before
         obs.must_fallback = bool(backed and state_before[STATE_IN_USE])
-        obs.memory = memory_diff(box["before"], box["after"], [(self.hbuf, self.hbuf + cfg.size),
+        obs.memory = memory_diff(box["before"], box["after"], [(self.hbuf, self.hbuf + nsize),
                                                               (self.state, self.state + STATE_SIZE),
                                                               (nrsp - FRAME_LIMIT, nrsp)], set())
         return obs, nrsp

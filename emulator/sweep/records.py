@@ -22,6 +22,7 @@ class SweepTask:
     events: tuple[str, ...] = ()
     n: int = 0                           # the baseline's instruction count
     skip: frozenset = frozenset()        # (i, event) pairs not to run (they crashed a worker)
+    detail: bool = False                 # records carry every call's CallSummary (sweep --native)
 
     def runs(self) -> list[tuple[int, str]]:
         return [(i, ev) for i in range(self.start, self.stop) for ev in self.events if (i, ev) not in self.skip]
@@ -38,6 +39,7 @@ class RunRecord:
     livelock: str = ""
     cycles: float | None = None                     # the swept call's, under the profile (None: it never ended)
     where: str = ""                                 # a violation's rip, symbolised where the image was placed
+    calls: list | None = None                       # CallSummary of every call, when the task asked for detail
 
 
 @dataclass
@@ -49,6 +51,7 @@ class BaselineRecord:
     warm_violations: list[dict] = field(default_factory=list)
     ret: int | None = None
     cycles: float | None = None                     # the undisturbed swept call's
+    calls: list | None = None                       # CallSummary of the swept call, when asked for detail
 
 
 def crash_record(task: SweepTask, i: int, ev: str, why: str) -> RunRecord | BaselineRecord:

@@ -93,6 +93,12 @@ class SweepResult:
     def recheck(self, r: RunRecord) -> str:
         return recheck_command(self.image_spec, self.configs[r.ci], r.event, r.i)
 
+    def native_repro(self, r: RunRecord) -> str | None:
+        """The run on the running kernel (the native twin), when the image is the host's own vDSO."""
+        if self.image_spec != "host":
+            return None
+        return native_repro_command(self.configs[r.ci], r.event, r.i)
+
     def where(self, r: RunRecord) -> str:
         if r.where:
             return r.where
@@ -128,7 +134,8 @@ class SweepResult:
                 "droppable_oom": cfg.droppable_oom, "boundary": r.i, "event": r.event, "rip": hex(r.rip),
                 "instruction": self.where(r), "outcome": r.outcome, "cycles": r.cycles,
                 "invariants": sorted({v["invariant"] for v in r.violations}), "violations": r.violations,
-                "reproduce": self.repro(r), "recheck": self.recheck(r), "breaks": broken(r.violations)}
+                "reproduce": self.repro(r), "recheck": self.recheck(r), "breaks": broken(r.violations),
+                "native_repro": self.native_repro(r)}
 
     def livelock_sites(self) -> Counter:
         c: Counter = Counter()
@@ -212,6 +219,9 @@ class SweepResult:
             for v in r.violations[:3]:
                 lines.append(f"      {v['call']}: [{v['invariant']}] {v['detail']}")
             lines.append(f"      reproduce (breaks {broken(r.violations)}): {self.repro(r)}")
+            native = self.native_repro(r)
+            if native:
+                lines.append(f"      on the running kernel: {native}")
         return "\n".join(lines)
 
 
@@ -290,15 +300,42 @@ def repro_command(image_spec: str, cfg: SweepConfig, event: str, i: int, n: int,
     return " ".join(parts)
 
 
+def _call_sizes(cfg: SweepConfig) -> list[str]:
+    """--warm-size, --handler-size, --after-size where a configuration sets them."""
+    parts = []
+    for opt, v in (("--warm-size", cfg.warm_size), ("--handler-size", cfg.nested_size),
+                   ("--after-size", cfg.after_size)):
+        if v is not None:
+            parts += [opt, str(v)]
+    return parts
+
+
 def recheck_command(image_spec: str, cfg: SweepConfig, event: str, i: int) -> str:
     """One line that runs (boundary i, event) again through the sweep: every
     call of the run (further calls, a fork's child, a handler's nested call)
     judged again, the verdict printed with its invariant."""
     parts = ["faultpath", "sweep", "--image", shlex.quote(image_spec), "--size", str(cfg.size), "--placements",
              cfg.placement, "--calls-before", str(cfg.calls_before), "--events", event, "--boundaries", str(i)]
-    parts += _process_options(cfg)
+    parts += _process_options(cfg) + _call_sizes(cfg)
     if cfg.after != 1:
         parts += ["--after", str(cfg.after)]
     if cfg.livelock_limit != SWEEP_LIVELOCK:
         parts += ["--livelock", str(cfg.livelock_limit)]
     return " ".join(parts + ["--jobs", "1"])
+
+
+def native_repro_command(cfg: SweepConfig, event: str, i: int) -> str:
+    """One line that runs (boundary i, event) on the running kernel's own
+    __vdso_getrandom (the native twin) and in the emulator, and says whether
+    the kernel shows what the emulator does.  The emulator side runs the
+    kernel's OOM design (retry) unless the configuration says skip."""
+    parts = ["faultpath", "sweep", "--native-repro", "--image", "host", "--size", str(cfg.size), "--placements",
+             cfg.placement, "--calls-before", str(cfg.calls_before), "--events", event, "--boundaries", str(i)]
+    if cfg.droppable_oom != "retry":
+        parts += ["--droppable-oom", cfg.droppable_oom]
+    if cfg.flags:
+        parts += ["--flags", hex(cfg.flags)]
+    parts += _call_sizes(cfg)
+    if cfg.after != 1:
+        parts += ["--after", str(cfg.after)]
+    return " ".join(parts)

@@ -81,6 +81,8 @@ def execute_task(task: SweepTask, emit=None, mark=None) -> list:
         if task.kind == "baseline":
             rec = h.baseline()
             rec.ci = task.ci
+            if task.detail:
+                rec.calls = h.summaries()
             sink(rec)
         else:
             h.boundaries(task, record, mark)

@@ -19,6 +19,10 @@ Modules (one job each):
   reentrancy.py    the twin of compare's drop+reenter finding
   measure.py       boundaries, time per boundary, paths (python -m ...)
   records.py       NativeCall, NativeRun, EventRecord, Baseline
+  memory.py        the tracee's watched pages (the oracle's Memory discipline)
+  judge.py         the sweep's oracle on native runs (ledger from the kernel's bytes)
+  agreement.py     emulator vs kernel, run by run (faultpath sweep --native)
+  native_report.py the agreement tables, disagreements and reproductions as text
 
 Design choices (measured on this host, 2 vCPUs, Linux 6.18, as root):
 
@@ -43,11 +47,12 @@ Design choices (measured on this host, 2 vCPUs, Linux 6.18, as root):
   loaded machine unpinned was faster (1.0 vs 1.7 ms per run), so the default
   is unpinned.
 """
-from emulator.twin.engine import EVENTS, Twin, parse_event
+from emulator.twin.engine import EVENTS, Twin, parse_event, why_not
 from emulator.twin.errors import TraceeTimeout, TwinError, TwinUnavailable
 from emulator.twin.process import PLACEMENTS, TwinConfig, check_ptrace
 from emulator.twin.records import Baseline, EventRecord, NativeCall, NativeRun
 from emulator.twin.tracee import SyscallObs
 
 __all__ = ["EVENTS", "PLACEMENTS", "Baseline", "EventRecord", "NativeCall", "NativeRun", "SyscallObs",
-           "TraceeTimeout", "Twin", "TwinConfig", "TwinError", "TwinUnavailable", "check_ptrace", "parse_event"]
+           "TraceeTimeout", "Twin", "TwinConfig", "TwinError", "TwinUnavailable", "check_ptrace", "parse_event",
+           "why_not"]

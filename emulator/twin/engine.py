@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 import emulator.twin.events as ev
+import emulator.twin.memory as memory_mod
 import emulator.twin.oom as oom_mod
 from emulator.twin.errors import TwinError, TwinUnavailable
 from emulator.twin.process import Parked, TwinConfig, host_generation_reader
@@ -52,6 +53,19 @@ def parse_event(name: str) -> list[str]:
     return parts
 
 
+def why_not(event: str) -> str:
+    """'' if the event can be made natively here, else the one-line reason."""
+    for p in parse_event(event):
+        if p == "not-ready":
+            return ev.NOT_READY_REASON
+        why = {"drop": ev.can_drop, "reseed": ev.can_reseed}.get(p, lambda: "")()
+        if not why and p.startswith("oom"):
+            why = oom_mod.unavailable()
+        if why:
+            return why
+    return ""
+
+
 @dataclass
 class _Walker:
     t: Tracee
@@ -60,6 +74,8 @@ class _Walker:
     regs: object = None
     i: int = 0                    # boundary it stands at
     prefix: list[SyscallObs] = field(default_factory=list)   # syscalls of the swept call before i
+    pre: dict | None = None       # its watched pages at boundary 0 (Twin(memory=True))
+    warm: list[NativeCall] = field(default_factory=list)    # its warm calls
 
 
 @contextlib.contextmanager
@@ -83,12 +99,15 @@ class Twin:
     """One configuration on the running kernel.  Use as a context manager;
     every process it made is killed and reaped on exit."""
 
-    def __init__(self, cfg: TwinConfig, cpu: int | None = None, oom_killer: bool = False):
+    def __init__(self, cfg: TwinConfig, cpu: int | None = None, oom_killer: bool = False, memory: bool = False):
         """cpu: None (unpinned), -1 (the lowest CPU we may use) or a CPU number.
         oom_killer: leave the memcg OOM killer on for oom events (the kernel's
-        default: the tracee is OOM-killed) instead of the emulator's model."""
+        default: the tracee is OOM-killed) instead of the emulator's model.
+        memory: record the watched pages (memory.py) at each walker's entry and
+        after each run's swept call, for the oracle's Memory discipline."""
         self.cfg = cfg
         self.oom_killer = oom_killer
+        self.memory = memory
         self.cpu = min(os.sched_getaffinity(0)) if cpu == -1 else cpu
         self._pin = pinned(self.cpu)
         self._pin.__enter__()
@@ -100,6 +119,7 @@ class Twin:
             raise
         self.layout = self.parked.layout
         self.caller = self.parked.caller
+        self.watched = memory_mod.watched_pages(self.layout)
         self.cache: dict[int, int] = {}
         self.base: Baseline | None = None
         self.K = cfg.calls_before + 1
@@ -133,9 +153,11 @@ class Twin:
             if sgen not in (0, gen):
                 t.kill()
                 continue
-            w = _Walker(t, Stepper(t, self.cache), gen)
+            w = _Walker(t, Stepper(t, self.cache), gen, warm=warm)
             t.step()                              # the caller's `call`: not part of the call's count
             w.regs = t.regs()
+            if self.memory:
+                w.pre = memory_mod.image(t, self.layout, self.watched)
             if w.regs.rip != self.layout.func:
                 t.kill()
                 raise TwinError(f"walker {t.pid}: after the call, rip {w.regs.rip:#x} is not __vdso_getrandom")
@@ -248,7 +270,8 @@ class Twin:
                 w = self._walker_at(w, i)
                 for e in events:
                     parts = parse_event(e)
-                    run = NativeRun(i, e, w.regs.rip if i < self.base.n else 0)
+                    run = NativeRun(i, e, w.regs.rip if i < self.base.n else 0, rsp_at_i=w.regs.rsp, pre=w.pre,
+                                    warm=w.warm)
                     why = self._unavailable(parts)
                     if why:
                         run.skipped = why
@@ -265,6 +288,10 @@ class Twin:
                     if park:
                         held.append((run, c, list(w.prefix)))
                     else:
+                        # The copy's state was made under the walker's generation.  Forking
+                        # it can itself set off the crng's periodic reseed (fork draws a
+                        # stack canary), so the run is measured from w.gen, not from now.
+                        run.generation_before = w.gen
                         sink(self._finish(run, c, list(w.prefix)))
                 if len(held) >= PARK_LIMIT:
                     self._flush(held, sink)
@@ -281,18 +308,7 @@ class Twin:
             sink(self._finish(run, c, prefix))
 
     def _unavailable(self, parts: list[str]) -> str:
-        for p in parts:
-            if p == "not-ready":
-                return ev.NOT_READY_REASON
-            if p == "reseed":
-                why = ev.can_reseed()
-                if why:
-                    return why
-            if p.startswith("oom"):
-                why = oom_mod.unavailable()
-                if why:
-                    return why
-        return ""
+        return why_not("+".join(parts))
 
     # ---- one run -------------------------------------------------------------------
     def _bounded(self, t: Tracee, limiter, make_call) -> NativeCall:
@@ -300,7 +316,8 @@ class Twin:
         bound is a livelock: say where it spins, then lift the limit and kill."""
         if limiter is None or limiter.lifted:
             return make_call()
-        call = make_call(on_poll=limiter.poll, kill_on_timeout=False)
+        with oom_mod.paced(t.pid, enabled=limiter.pace is not None):
+            call = make_call(on_poll=limiter.poll, kill_on_timeout=False, pace=limiter.pace)
         if call.outcome == "timeout":
             call.outcome = "livelock"
             call.detail, call.rip = limiter.diagnose(t, self.layout)
@@ -316,7 +333,9 @@ class Twin:
         n, K, cfg = self.base.n, self.K, self.cfg
         returned_already = run.i >= n
         try:
-            run.generation_before = self.generation()
+            # A parked (reseed) run is measured from when it is finished: the runs
+            # finished before it moved the generation on purpose.
+            run.generation_before = run.generation_before or self.generation()
             nested_ok = True
             limiter = None
             for p in parse_event(run.event):
@@ -358,6 +377,10 @@ class Twin:
                     t, label, role, state_before=swept_before, prior=prefix, **kw)))
             if limiter is not None and not returned_already:
                 limiter.release(c)                 # further calls in a healthy world again
+            if self.memory and (limiter is None or limiter.lifted):
+                for pname, t in procs:
+                    if t.alive:
+                        run.memory[pname] = memory_mod.image(t, self.layout, self.watched)
             if all(x.outcome == "returned" for x in run.calls):
                 for pname, t in procs:
                     for k in range(cfg.after):
@@ -374,5 +397,6 @@ class Twin:
                 t.kill()
             if limiter is not None:
                 limiter.end_run()
+                run.failed_charges = limiter.failed_charges(limiter.last_failcnt)
             run.seconds = time.monotonic() - t0
         return run

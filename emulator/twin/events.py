@@ -72,6 +72,13 @@ def drop(t: Tracee, layout: Layout, read_back: bool = False) -> EventRecord:
                        ("; the state reads zeros" if read_back else ""), data)
 
 
+def can_drop() -> str:
+    """'' if process_madvise(MADV_PAGEOUT) can reach a tracee here, else why not."""
+    if os.geteuid() != 0:
+        return ("drop needs CAP_SYS_NICE (process_madvise MADV_PAGEOUT on another process); not root")
+    return ""
+
+
 def can_reseed() -> str:
     """'' if RNDRESEEDCRNG can be issued here, else why not."""
     if os.geteuid() != 0:

@@ -26,10 +26,21 @@ measured on 6.18 at boundary 0 of a 64-byte call after a drop:
 
 The events use oom_kill_disable 1, the emulator's model (allocation fails,
 no OOM killer); `oom_killer=True` gives the kernel's default.  oom:K lifts the
-limit once memory.failcnt reaches K (charge failures; each refault is one).
+limit once K page charges have failed (memory.failcnt reaches K times
+FAILCNT_PER_CHARGE).  A refaulting tracee fails a charge every few dozen
+microseconds, faster than a polling tracer on a loaded machine can see it
+(measured: oom:1 runs saw 2 to 24 failed charges): while such a limit is on,
+paced() puts tracer and tracee on one CPU with the tracer real-time
+(SCHED_FIFO) and polling every POLL_QUANTUM, so the tracee runs only while
+the tracer sleeps and the limit is lifted within one quantum of the K-th
+failure; the next charge then succeeds on one of its own retries.
+MemoryLimit.failed_charges says afterwards how many failed (whole attempts):
+more than K means the lift still came late, and the comparison runs the run
+again.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -44,6 +55,19 @@ from vdso.image import PAGE_SIZE
 
 V1_ROOT = "/sys/fs/cgroup/memory"
 STOP_WAIT = 1.0                   # seconds to wait for a SIGSTOP stop when diagnosing a spin
+# One failed page charge is 19 memory.failcnt increments on this kernel (the
+# batch and single-page attempts, one after draining the stock, then
+# MAX_RECLAIM_RETRIES = 16 reclaim retries; measured: 1155 user-mode refaults
+# in 0.5 s raised failcnt by 21,926).  A charge gives up only after a last
+# margin check that counts nothing: lifted at failcnt 19, getrandom's copy
+# still succeeded (measured).  So the K-th failure is certain only once the
+# next attempt has begun: oom:K lifts at K * 19 + 1.  Under a persistent
+# limit a call that has failed LIVELOCK_CHARGES charges without a ptrace stop
+# is spinning: nothing in getrandom writes that many fresh pages.
+FAILCNT_PER_CHARGE = 19
+LIVELOCK_CHARGES = 64
+POLL_QUANTUM = 20e-6              # seconds the tracee may run between two polls of an oom:K limit
+RT_PRIORITY = 1                   # the lowest SCHED_FIFO priority: above every normal task, below the kernel's
 
 
 def _our_v1_memcg() -> str:
@@ -66,6 +90,27 @@ def unavailable() -> str:
     if not os.access(d, os.W_OK):
         return f"oom: the memory cgroup {d} is not writable"
     return ""
+
+
+@contextlib.contextmanager
+def paced(pid: int, enabled: bool = True):
+    """Tracer and tracee `pid` (ours) on the tracer's current CPU, the tracer
+    SCHED_FIFO: the tracee then runs only while the tracer sleeps.  Both are
+    restored on exit (the tracee is killed by then; its affinity goes with it)."""
+    if not enabled:
+        yield
+        return
+    old_aff = os.sched_getaffinity(0)
+    old_pol, old_prio = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    cpu = min(old_aff)
+    try:
+        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(pid, {cpu})
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
+        yield
+    finally:
+        os.sched_setscheduler(0, old_pol, os.sched_param(old_prio))
+        os.sched_setaffinity(0, old_aff)
 
 
 def _kernel_where(pid: int) -> str:
@@ -110,6 +155,7 @@ class MemoryLimit:
         self.dir = ""
         self.serial = 0
         self.leftover: list[str] = []
+        self.last_failcnt = 0       # the last run's memory.failcnt when it ended
 
     def _w(self, name: str, value) -> None:
         with open(os.path.join(self.dir, name), "w") as f:
@@ -158,10 +204,28 @@ class MemoryLimit:
                            f"({'OOM killer on' if self.oom_killer else 'oom_kill_disable'}"
                            f"{'' if self.k is None else f', lifted after {self.k} failed charges'})", d.state)
 
-    def poll(self) -> None:
-        """Called while the tracee runs: oom:K lifts the limit after K failures."""
-        if not self.lifted and self.k is not None and self.failcnt() >= self.k:
-            self.lift()
+    @property
+    def pace(self) -> float | None:
+        """The tracer's poll interval while an oom:K limit is on (None: the default)."""
+        return POLL_QUANTUM if not self.lifted and self.k is not None else None
+
+    def poll(self) -> bool:
+        """Called while the tracee runs: oom:K lifts the limit after K failed
+        charges; under a persistent limit, True (stop waiting: a livelock) once
+        LIVELOCK_CHARGES charges failed."""
+        if self.lifted:
+            return False
+        if self.k is not None:
+            if self.failcnt() > self.k * FAILCNT_PER_CHARGE:
+                self.lift()
+            return False
+        return self.failcnt() >= LIVELOCK_CHARGES * FAILCNT_PER_CHARGE
+
+    def failed_charges(self, failcnt: int) -> int:
+        """Page charges that failed, from memory.failcnt: whole attempts (one the
+        lift interrupted succeeded on its last margin check; a call that ended
+        did so with every attempt before it finished)."""
+        return failcnt // FAILCNT_PER_CHARGE
 
     def lift(self) -> None:
         """Memory is back (the run's further calls, a livelock's way out)."""
@@ -176,6 +240,7 @@ class MemoryLimit:
         """Remove the run's cgroup (its tracees are dead and reaped by now)."""
         self.lift()
         if self.dir:
+            self.last_failcnt = self.failcnt()
             self.leftover.append(self.dir)
             self.dir = ""
         still = []
@@ -192,7 +257,7 @@ class MemoryLimit:
         no stop means the spin is inside the kernel (a syscall's copy).
         Returns (what, user rip or 0)."""
         fc = self.failcnt()
-        os.kill(t.pid, signal.SIGSTOP)
+        os.kill(t.pid, signal.SIGSTOP)          # the tracee: ours, by pid (a fork of our parked parent)
         deadline = time.monotonic() + STOP_WAIT
         try:
             status = t._wait(deadline)

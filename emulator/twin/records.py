@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import emulator.sweep.summary as summary
 from emulator.twin.tracee import SyscallObs
 
 NR_getrandom = 318
@@ -50,24 +51,11 @@ class NativeCall:
 
     def zero_words(self) -> int:
         """8-byte zero words in the output at 8-aligned offsets (2^-64 each by chance)."""
-        out = self.output
-        return sum(1 for o in range(0, len(out) - 7, 8) if out[o:o + 8] == bytes(8))
+        return summary.zero_words(self.output)
 
-    def zero_run_bytes(self, run: int = 16) -> int:
+    def zero_run_bytes(self, run: int = summary.ZERO_RUN) -> int:
         """Output bytes lying in runs of >= run zero bytes (2^-128 by chance at 16)."""
-        total = 0
-        i, out, n = 0, self.output, len(self.output)
-        while i < n:
-            if out[i]:
-                i += 1
-                continue
-            j = i
-            while j < n and not out[j]:
-                j += 1
-            if j - i >= run:
-                total += j - i
-            i = j
-        return total
+        return summary.zero_run_bytes(self.output, run)
 
 
 @dataclass
@@ -93,6 +81,12 @@ class NativeRun:
     generation_after: int = 0     # at the end of the run
     seconds: float = 0.0
     skipped: str = ""             # non-empty: the event has no native form here; calls is empty
+    rsp_at_i: int = 0             # the swept call's rsp at i (a handler's frame goes below it)
+    failed_charges: int | None = None   # oom events: page charges that failed under the run's memory limit
+    warm: list[NativeCall] = field(default_factory=list)   # the warm calls of the process this run forked from
+                                  # (each walker makes its own: a fresh process's history, a fresh key)
+    pre: dict | None = None       # Twin(memory=True): watched pages at the swept call's entry (memory.py)
+    memory: dict = field(default_factory=dict)   # process name -> its watched pages after its swept call
 
     def call(self, label_part: str) -> NativeCall | None:
         return next((c for c in self.calls if label_part in c.label), None)

@@ -150,9 +150,12 @@ class Tracee:
         return "backed"
 
     # ---- waiting ------------------------------------------------------------------
-    def _wait(self, deadline: float | None, on_poll=None) -> int:
+    def _wait(self, deadline: float | None, on_poll=None, pace: float | None = None) -> int:
         """Next status of this tracee (blocking without a deadline; polling with
-        one, calling on_poll() between polls)."""
+        one, calling on_poll() between polls: a true result ends the wait as
+        the deadline would).  pace: sleep exactly this long between polls from
+        the start (a poller that must act within a few microseconds of the
+        tracee's progress: oom:K lifting its limit, see oom.paced)."""
         spin_until = time.monotonic() + SPIN_SECONDS if deadline is not None else None
         while True:
             if deadline is None:
@@ -163,9 +166,11 @@ class Tracee:
                     now = time.monotonic()
                     if now > deadline:
                         raise TraceeTimeout(f"tracee {self.pid}: no stop within the time bound")
-                    if on_poll is not None:
-                        on_poll()
-                    if now > spin_until:
+                    if on_poll is not None and on_poll():
+                        raise TraceeTimeout(f"tracee {self.pid}: stopped waiting ({on_poll.__name__})")
+                    if pace is not None:
+                        time.sleep(pace)
+                    elif now > spin_until:
                         time.sleep(POLL_SLEEP)
                     continue
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -186,7 +191,7 @@ class Tracee:
             raise TraceeError(f"tracee {self.pid}: single step ended with status {status:#x}")
 
     def run_to_trap(self, seconds: float, max_syscalls: int = 10_000, on_poll=None,
-                    kill_on_timeout: bool = True) -> Stop:
+                    kill_on_timeout: bool = True, pace: float | None = None) -> Stop:
         """Resume with PTRACE_SYSCALL until an int3 (or a signal, exit, or the
         time bound), recording every syscall with its arguments, its return and,
         for getrandom, the bytes the kernel wrote.  On a timeout the tracee is
@@ -200,7 +205,7 @@ class Tracee:
             pt.cont_syscall(self.pid, sig)
             sig = 0
             try:
-                status = self._wait(deadline, on_poll)
+                status = self._wait(deadline, on_poll, pace)
             except TraceeTimeout:
                 if cur is not None:
                     calls.append(cur)
