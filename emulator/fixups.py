@@ -41,7 +41,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from unicorn import x86_const as X
 
@@ -50,8 +50,21 @@ from emulator.errors import UnfaithfulInstruction
 from emulator.instrument import Fixup, effective_address, probe_insn
 from emulator.records import PendingFault
 
-if TYPE_CHECKING:
-    from emulator.task import Task
+
+class Task(Protocol):
+    """What this module uses of emulator/task.py's Task, which calls it (a
+    protocol, so that the two modules' imports point one way)."""
+    uc: Any
+    mmu: Any
+    fault: PendingFault | None
+    fault_cpu: Any
+    saved_flags: dict[int, int]
+    pending_fixup: Any
+
+    def read(self, addr: int, n: int) -> bytes: ...
+
+    def read_reg_by_name(self, name: str) -> int: ...
+
 
 PF, SF = 1 << 2, 1 << 7
 FSW_IE, FSW_SF, FSW_C1, FSW_ES = 1 << 0, 1 << 6, 1 << 9, 1 << 7

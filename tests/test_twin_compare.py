@@ -205,12 +205,20 @@ def test_oom_k_fails_exactly_k_page_charges(native):
     tracer paced on the tracee's CPU), so exactly K fail, as in the emulator."""
     _need("oom:2")
     from emulator.twin import Twin, TwinConfig
+    from emulator.twin.agreement import RETRIES
     with Twin(TwinConfig(SIZE, calls_before=0)) as tw:
         tw.baseline()
-        runs = tw.sweep(["oom:1", "oom:3"], 44, 46)
-    for r in runs:
-        assert r.failed_charges == int(r.event[4:]), (r.i, r.event, r.failed_charges)
-        assert r.calls[0].outcome == "returned"
+        for r in tw.sweep(["oom:1", "oom:3"], 44, 46):
+            k = int(r.event[4:])
+            # A loaded machine can lift the limit late (more failures, never fewer):
+            # the sweep runs such a run again (agreement.disturbed), and so does this.
+            for _ in range(RETRIES):
+                if r.failed_charges == k:
+                    break
+                assert r.failed_charges > k, (r.i, r.event, r.failed_charges)
+                r = tw.run_at(r.i, r.event)
+            assert r.failed_charges == k, (r.i, r.event, r.failed_charges)
+            assert r.calls[0].outcome == "returned"
 
 
 # ---------------------------------------------------------------------------- the CLI

@@ -25,14 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from emulator.cli.sweep_common import MAX_REPORT, json_target, profile_arg, write_json
 from emulator.errors import UsageError
-from emulator.outputs import OutputTarget, check_output, write_output
 
 DEFAULT_SIZES = [4, 64, 256]
 MUTANT_SIZES = [4, 70]
 MUTANT_CALLS_BEFORE = [0, 1]
 MUTANT_PLACEMENTS = "start,straddle"
-MAX_REPORT = 30
 
 
 def register(sub, parser_class) -> None:
@@ -103,16 +102,6 @@ def _ints(values: list[str] | None, what: str, lo: int, hi: int) -> list[int]:
     return out
 
 
-def _profile(spec: str) -> str:
-    """The profile as workers will find it: loaded here first, so that a bad
-    one is refused before any work; a path made absolute."""
-    from emulator.cycles.profile import load_profile, profile_path
-    if not spec.strip():
-        raise UsageError("--profile '': empty")
-    load_profile(spec)
-    return str(profile_path(spec).resolve()) if Path(spec).suffix or os.sep in spec else spec
-
-
 def _options(args: argparse.Namespace, mutants: bool, native: bool = False) -> dict:
     from emulator.run import MAX_PAGES
     from emulator.sweep.config import SWEEP_LIVELOCK, make_configs, parse_boundaries, parse_events, split_list
@@ -162,22 +151,12 @@ def _options(args: argparse.Namespace, mutants: bool, native: bool = False) -> d
     policy = args.droppable_oom or ("retry" if native else "skip")
     configs = make_configs(sizes, placements, cbs, policy, seed=args.seed, memory_pages=args.memory,
                            swap_pages=args.swap, flags=args.flags, after=args.after, livelock_limit=livelock,
-                           profile=_profile(args.profile), **call_sizes)
+                           profile=profile_arg(args.profile), **call_sizes)
     jobs = cpu_count() if args.jobs is None else args.jobs
     if not 0 <= jobs <= 1024:
         raise UsageError(f"--jobs {jobs}: out of range (0..1024)")
     boundaries = parse_boundaries(args.boundaries) if args.boundaries is not None else None
     return {"configs": configs, "events": events, "jobs": jobs, "boundaries": boundaries}
-
-
-def _json_target(args: argparse.Namespace) -> OutputTarget | None:
-    """--json PATH, checked before the sweep runs (emulator/outputs.py)."""
-    return check_output(args.json_path, "--json") if args.json_path is not None else None
-
-
-def _write_json(target: OutputTarget, obj: dict) -> None:
-    """Whole or not at all: a temporary file renamed over PATH (emulator/outputs.py)."""
-    write_output(target, json.dumps(obj, indent=1) + "\n")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -190,11 +169,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return cmd_mutants(args)
     if args.native or args.native_repro:
         from emulator.cli.sweep_native import cmd_native
-        target = _json_target(args)
+        target = json_target(args)
         return cmd_native(args, _options(args, mutants=False, native=True), target)
     from emulator.sweep.coordinator import sweep
     from vdso.loader import default_image_name, load_image
-    target = _json_target(args)
+    target = json_target(args)
     opts = _options(args, mutants=False)
     spec = args.image if args.image is not None else default_image_name()
     image = load_image(spec)
@@ -203,7 +182,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json_path == "-" else sys.stdout
     print(res.format(MAX_REPORT if args.max_report is None else args.max_report), file=out)
     if target:
-        _write_json(target, res.as_dict())
+        write_json(target, res.as_dict())
     return 1 if res.failed else 0
 
 
@@ -289,7 +268,7 @@ def format_mutants(rows: list[dict]) -> str:
 def cmd_mutants(args: argparse.Namespace) -> int:
     if args.image is not None:
         raise UsageError("sweep --mutants: the images are asm/mutants/*.patch (drop --image)")
-    target = _json_target(args)
+    target = json_target(args)
     files = mutant_files()
     if not files:
         raise UsageError("sweep --mutants: no asm/mutants/*.patch found")
@@ -297,5 +276,5 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json_path == "-" else sys.stdout
     print(format_mutants(rows), file=out)
     if target:
-        _write_json(target, {"mutants": rows, "all_killed": all(r["killed"] for r in rows)})
+        write_json(target, {"mutants": rows, "all_killed": all(r["killed"] for r in rows)})
     return 0 if all(r["killed"] for r in rows) else 1

@@ -54,7 +54,7 @@ def wants_exec(args: argparse.Namespace) -> bool:
 
 def build_exec_config(args: argparse.Namespace):
     from emulator.cli.exec import check_livelock, check_program_inputs
-    from emulator.cli.sweep import _profile
+    from emulator.cli.sweep_common import profile_arg
     from emulator.options import check_seed
     from emulator.signal import parse_signal
     from emulator.sweep.config import SWEEP_LIVELOCK
@@ -86,12 +86,12 @@ def build_exec_config(args: argparse.Namespace):
         program=program, args=tuple(pargs), env=tuple(args.env) if args.env is not None else None,
         allow_read=tuple(args.allow_read or ()), image_spec=args.image or "builtin", call=call, after=args.after,
         seed=args.seed, memory_pages=args.memory, droppable_oom=args.droppable_oom or "skip",
-        livelock_limit=livelock, profile=_profile(args.profile), reenter_signal=sig)
+        livelock_limit=livelock, profile=profile_arg(args.profile), reenter_signal=sig)
 
 
 def cmd_sweep_exec(args: argparse.Namespace) -> int:
     from emulator.binfmt_elf import ExecError
-    from emulator.cli.sweep import MAX_REPORT, _json_target, _write_json
+    from emulator.cli.sweep_common import MAX_REPORT, json_target, write_json
     from emulator.sweep.config import parse_boundaries
     from emulator.sweep.coordinator import sweep
     from emulator.sweep.exec_config import parse_exec_events
@@ -99,7 +99,7 @@ def cmd_sweep_exec(args: argparse.Namespace) -> int:
     from emulator.sweep.process_harness import cached_harness
     from emulator.sweep.process_report import ExecSweepReport
     from vdso.loader import load_image
-    target = _json_target(args)
+    target = json_target(args)
     cfg = build_exec_config(args)
     events = parse_exec_events(args.events, cfg.livelock_limit)
     boundaries = parse_boundaries(args.boundaries) if args.boundaries is not None else None
@@ -124,5 +124,5 @@ def cmd_sweep_exec(args: argparse.Namespace) -> int:
     out = sys.stderr if args.json_path == "-" else sys.stdout
     print(report.format(MAX_REPORT if args.max_report is None else args.max_report), file=out)
     if target:
-        _write_json(target, report.as_dict())
+        write_json(target, report.as_dict())
     return 1 if report.failed else 0

@@ -56,7 +56,7 @@ def _check_host(args: argparse.Namespace) -> None:
 
 
 def cmd_native(args: argparse.Namespace, opts: dict, target: OutputTarget | None) -> int:
-    from emulator.cli.sweep import MAX_REPORT, _write_json
+    from emulator.cli.sweep_common import MAX_REPORT, write_json
     from emulator.sweep.coordinator import Progress, sweep
     from emulator.twin.agreement import compare_config
     from emulator.twin.native_report import (format_disagreements, format_repro, format_table, format_violations,
@@ -100,7 +100,7 @@ def cmd_native(args: argparse.Namespace, opts: dict, target: OutputTarget | None
         lines += [""] + format_violations(ccs, max_groups)
     print("\n".join(lines), file=out)
     if target:
-        _write_json(target, {"image": "host", "events": events, "native_skipped": skip,
+        write_json(target, {"image": "host", "events": events, "native_skipped": skip,
                              "emulator": res.as_dict(), "configs": [cc.as_dict() for cc in ccs]})
     disagree = any(cc.disagreements or cc.baseline_differences() for cc in ccs)
     if repro:
