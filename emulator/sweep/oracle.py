@@ -19,11 +19,11 @@ Invariants (names as reported):
   Forward secrecy     after a return the state holds neither a key whose
                       keystream was handed out nor handed-out batch bytes.
   Termination         the call returns within its instruction bound; a
-                      livelock is expected only under persistent OOM, in the
-                      kernel's copy_to_user (either design) or in a user-mode
-                      write under `retry` (the kernel's own copy into a
-                      droppable page spins in both designs; skip rescues
-                      user-mode writes only).
+                      livelock is expected only under persistent OOM: in the
+                      kernel's copy_to_user under `skip` (which rescues
+                      user-mode writes only), in a user-mode write under
+                      `retry` (whose rule spares user-mode faults only: the
+                      kernel's copy takes -EFAULT).
   Reentrancy          a nested call (a signal handler reusing the state) shares
                       no keystream with the call it interrupted, and falls
                       back to the syscall whenever the state is claimed
@@ -131,11 +131,17 @@ class Judge:
         livelock = ""
         if obs.outcome == "livelock":
             where = obs.livelock_where or obs.outcome_detail or "livelock (location unknown)"
-            if obs.livelock_expected and (not obs.livelock_user or obs.policy == "retry"):
+            # Each design spins in one place only: skip rescues user-mode writes but
+            # not the kernel's copy; retry (6.11+, measured on 6.18) spares only
+            # user-mode faults, so the kernel's copy takes -EFAULT instead.
+            spins_here = obs.livelock_user if obs.policy == "retry" else not obs.livelock_user
+            if obs.livelock_expected and spins_here:
                 livelock = where
             else:
                 why = ("not under persistent OOM" if not obs.livelock_expected else
-                       "a user-mode write spun although the skip design rescues user writes")
+                       "a user-mode write spun although the skip design rescues user writes"
+                       if obs.policy != "retry" else
+                       "the kernel's copy spun although under retry it takes -EFAULT")
                 bad("Termination", f"livelock {why}: {where}")
         elif obs.outcome == "budget":
             bad("Termination", f"still running after {obs.instructions} instructions "
