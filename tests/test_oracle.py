@@ -210,3 +210,22 @@ def test_memory_diff():
     found = memory_diff(pre, post, [(0x1000, 0x100f)], {0x2000})
     assert len(found) == 1 and "0x100f" in found[0]
     assert memory_diff(pre, post, [(0x1000, 0x1010)], set())    # not a wiped page: zeros are writes
+
+
+def test_a_zero_run_is_not_ended_by_a_chance_keystream_byte():
+    """Measured on the native twin: a dropped page's zeros at the end of an
+    output, where one cursor of a known key happens to hold a zero byte, were
+    reported as 31 zero bytes plus one keystream byte (and a one-byte repeat),
+    depending on the kernel's random key.  The whole run is zeros."""
+    from emulator.sweep.ledger import BLOCK, Ledger
+    led = Ledger()
+    key = next(k for k in (bytes([i]) * 32 for i in range(256))
+               if led.streams.get(k).ensure(led.need(32))[BLOCK] == 0)
+    led.keys[key] = "kernel getrandom"
+    segs, gaps = led.attribute(bytes(32), 32)
+    assert segs == [] and gaps == [(0, 32)]
+    # a zero byte that ends real keystream is still keystream
+    s = led.streams.get(key).ensure(led.need(32))
+    out = s[BLOCK - 7:BLOCK + 1]
+    segs, gaps = led.attribute(out, 8)
+    assert gaps == [] and sum(sg.length for sg in segs) == 8

@@ -166,6 +166,8 @@ class Ledger:
                 best = None           # a short fallback match in the middle: chance
             if best is None and short_ok:
                 best = self._short(rest, o, n, streams)
+                if best is not None and self._continues_zeros(out, o, best.length, gaps):
+                    best = None
             if best is None:
                 if gaps and gaps[-1][1] == o:
                     gaps[-1] = (gaps[-1][0], o + 1)
@@ -191,6 +193,15 @@ class Ledger:
         used = {sg.source for sg in segs}
         self.keys = {k: v for k, v in self.keys.items() if k in known or k in used}
         return segs, gaps
+
+    @staticmethod
+    def _continues_zeros(out: bytes, o: int, length: int, gaps: list[tuple[int, int]]) -> bool:
+        """Zero bytes that continue a run of unattributed zeros are that run's,
+        not a 1-3 byte keystream match: some cursor of some key has a zero
+        byte often enough (about one run in 256 per cursor) that otherwise the
+        verdict on a dropped page would depend on the key's random bytes."""
+        return (not any(out[o:o + length]) and bool(gaps) and gaps[-1][1] == o
+                and not any(out[gaps[-1][0]:o]))
 
     def _short(self, rest: bytes, o: int, n: int, streams) -> Segment | None:
         """A segment of 1-3 bytes: only from a cursor the algorithm can leave
