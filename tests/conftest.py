@@ -22,3 +22,16 @@ def host_image():
         pytest.skip("the running kernel's vDSO has no __vdso_getrandom (needs Linux 6.11+)")
     from vdso.elf_image import load_host
     return load_host()
+
+
+@pytest.fixture(scope="module")
+def twin_native():
+    """Skip cleanly where the native twin cannot run: no __vdso_getrandom, no ptrace."""
+    from vdso.elf_image import host_has_vgetrandom
+    if not host_has_vgetrandom():
+        pytest.skip("the running kernel's vDSO has no __vdso_getrandom (needs Linux 6.11+)")
+    from emulator.twin import TwinUnavailable, check_ptrace
+    try:
+        check_ptrace()
+    except TwinUnavailable as e:
+        pytest.skip(str(e))

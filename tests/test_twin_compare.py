@@ -24,15 +24,8 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def native():
-    from vdso.elf_image import host_has_vgetrandom
-    if not host_has_vgetrandom():
-        pytest.skip("the running kernel's vDSO has no __vdso_getrandom (needs Linux 6.11+)")
-    from emulator.twin import TwinUnavailable, check_ptrace
-    try:
-        check_ptrace()
-    except TwinUnavailable as e:
-        pytest.skip(str(e))
+def native(twin_native):
+    return twin_native
 
 
 def _need(event: str) -> None:

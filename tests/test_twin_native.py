@@ -17,15 +17,8 @@ pytestmark = pytest.mark.host_vdso
 
 
 @pytest.fixture(scope="module")
-def native():
-    """Skip cleanly where the twin cannot run: no __vdso_getrandom, no ptrace."""
-    if not host_has_vgetrandom():
-        pytest.skip("the running kernel's vDSO has no __vdso_getrandom (needs Linux 6.11+)")
-    from emulator.twin import TwinUnavailable, check_ptrace
-    try:
-        check_ptrace()
-    except TwinUnavailable as e:
-        pytest.skip(str(e))
+def native(twin_native):
+    return twin_native
 
 
 def _twin(size, **kw):

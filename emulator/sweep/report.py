@@ -213,7 +213,7 @@ class SweepResult:
             r = rs[0]
             cfg = self.configs[r.ci]
             bs = sorted({x.i for x in rs})
-            more = f" (+{len(bs) - 1} more boundaries: {_ranges(bs)})" if len(bs) > 1 else ""
+            more = f" (+{len(bs) - 1} more boundaries: {ranges(bs)})" if len(bs) > 1 else ""
             invs = ", ".join(sorted({v["invariant"] for v in r.violations}))
             lines.append(f"  [{invs}] event={r.event} {cfg.label()}: boundary {r.i} at {self.where(r)}{more}")
             for v in r.violations[:3]:
@@ -225,7 +225,8 @@ class SweepResult:
         return "\n".join(lines)
 
 
-def _ranges(xs: list[int], limit: int = 6) -> str:
+def ranges(xs: list[int], limit: int = 6) -> str:
+    """1,2,3,7 -> '1-3,7': the first `limit` runs of sorted integers."""
     out = []
     start = prev = xs[0]
     for x in xs[1:] + [None]:

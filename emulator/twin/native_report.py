@@ -7,23 +7,15 @@ from __future__ import annotations
 import platform
 from collections import defaultdict
 
+from emulator.sweep.report import ranges
 from emulator.twin.agreement import CLASSES, ConfigComparison, Pair
 
 ALWAYS = ("ok-fast", "ok-reseed", "ok-fallback", "livelock", "violation")
 EXAMPLE_CALLS = 6                 # calls shown per side for one example run
 
 
-def _ranges(xs: list[int], limit: int = 8) -> str:
-    out: list[str] = []
-    start = prev = xs[0]
-    for x in xs[1:] + [None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ",".join(out[:limit]) + (",..." if len(out) > limit else "")
+def _ranges(xs: list[int]) -> str:
+    return ranges(xs, limit=8)
 
 
 def header(events: list[str], policy: str, jobs: int) -> str:
