@@ -152,9 +152,8 @@ def _whole_area(uc, fx: Fixup, ea: int) -> tuple[int, int] | None:
     mask selects, fxsave not its last 96 reserved bytes, yet this CPU faults
     on any page of the whole operand (measured: a zero mask, or a page holding
     only fxsave's reserved tail, still takes the write fault)."""
-    if fx.kind == "whole_write":                    # maskmov*: DS:rDI
-        rdi = _reg(uc, "RDI")
-        return (rdi & 0xFFFF_FFFF if fx.mem == "edi" else rdi), fx.size
+    if fx.kind == "whole_write":                    # maskmov*: seg:[rDI], resolved in start()
+        return ea, fx.size
     if fx.kind == "fxsave":
         # xsave: the legacy area and the XSAVE header; the emulated CPU's XCR0
         # holds x87 and SSE only (Unicorn runs no AVX), so nothing lies beyond.

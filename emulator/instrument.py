@@ -96,7 +96,7 @@ class Fixup:
     says why and how)."""
     kind: str                       # neg_flags | x87_store | x87_env | fxsave | simd_fp | whole_write | cmpxchg32
     next: int                       # the next instruction: reaching it means this one completed
-    mem: tuple | str | None = None  # the memory operand (mem_descriptor); whole_write: "edi" under 67h;
+    mem: tuple | str | None = None  # the memory operand (mem_descriptor; whole_write: seg:[rDI]);
                                     # cmpxchg32: the destination register's name when it is one
     size: int = 0                   # x87_store, neg_flags: operand bytes; x87_env: image bytes (14/28);
                                     # fxsave: the image format (32/64)
@@ -292,9 +292,12 @@ def _fixup(md, ins, m: str, op) -> Fixup | None:
         # only the destination on a success (measured).
         dest = mem_descriptor(md, ins, op) if op is not None else md.reg_name(ins.operands[0].reg)
         return Fixup("cmpxchg32", nxt, dest, 4, m)
-    if m in ("maskmovq", "maskmovdqu"):          # its store is to DS:rDI (no operand for capstone)
-        return Fixup("whole_write", nxt, "edi" if 0x67 in bytes(ins.prefix) else None,
-                     16 if m == "maskmovdqu" else 8, m)
+    if m in ("maskmovq", "maskmovdqu"):
+        # Its store is to DS:rDI, which capstone lists as no operand.  An fs or
+        # gs override applies its base, as to any DS operand (SDM: MASKMOVDQU).
+        seg = {0x64: "fs", 0x65: "gs"}.get(bytes(ins.prefix)[1])
+        addr32 = 0x67 in bytes(ins.prefix)
+        return Fixup("whole_write", nxt, (seg, "rdi", None, 1, 0, addr32, nxt), 16 if m == "maskmovdqu" else 8, m)
     if op is None:
         return None
     desc = mem_descriptor(md, ins, op)

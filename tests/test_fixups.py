@@ -197,6 +197,22 @@ def test_masked_stores_fault_on_their_whole_operand(checker, insn, size):
     all_equal(checker, seqs)
 
 
+@pytest.mark.parametrize("seg", ["fs", "gs"])
+@pytest.mark.parametrize("insn,size", [("maskmovq mm0, mm1", 8), ("maskmovdqu xmm0, xmm1", 16)])
+def test_masked_stores_honour_a_segment_override(checker, seg, insn, size):
+    """seg:[rdi]: the whole-operand check is made at base + rdi, where this CPU
+    writes (with rdi alone pointing at no mapping at all)."""
+    base = 0x10_0000
+    seqs = []
+    for k in (1, size - 1, 64):
+        for pages in ({1: "first-touch"}, {1: "cow"}, {}):
+            prefix = ".byte 0x64" if seg == "fs" else ".byte 0x65"
+            seqs.append(sequence([prefix, insn], regs={"rdi": data_page(1) - k - base, f"{seg}_base": base},
+                                 pages=pages, xmm={0: 0x1122334455667788, 1: 0x8080808080808080},
+                                 mm={0: 0x1122334455667788, 1: 0x8080808080808080}))
+    all_equal(checker, seqs)
+
+
 def test_fxsave_faults_on_a_page_only_its_reserved_tail_reaches(checker):
     """Unicorn writes bytes 0..415 only; the CPU checks all 512."""
     all_equal(checker, [sequence(["fxsave [rdi]"], regs={"rdi": data_page(1) - k}, pages={1: state})
