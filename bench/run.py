@@ -64,16 +64,19 @@ def _faultpath_seconds(image, size: int, calls: int) -> float:
 
 def bench_speed(image_name: str, size: int, few: int, many: int, rounds: int = 7) -> dict:
     """Marginal time per call: (T(many) - T(few)) / (many - few), so that
-    start-up (kernel, process, first-call block analysis) cancels; the min
-    over rounds, faultpath and bare Unicorn interleaved in each round (the
-    machine is shared and noisy)."""
+    start-up (kernel, process, first-call block analysis) cancels.  Each T is
+    the min over rounds, faultpath and bare Unicorn interleaved in each round
+    (the machine is shared and noisy); the min of each time, not of each
+    difference, which noise in a round's T(few) would push low."""
     image = load_image(image_name)
     _faultpath_seconds(image, size, 2)          # warm the shared block-analysis cache
-    fp, raw = [], []
+    t = {("fp", few): [], ("fp", many): [], ("raw", few): [], ("raw", many): []}
     for _ in range(rounds):
-        fp.append((_faultpath_seconds(image, size, many) - _faultpath_seconds(image, size, few)) / (many - few))
-        raw.append((_raw_seconds(image, size, many) - _raw_seconds(image, size, few)) / (many - few))
-    f, r = min(x for x in fp if x > 0), min(x for x in raw if x > 0)
+        for n in (few, many):
+            t[("fp", n)].append(_faultpath_seconds(image, size, n))
+            t[("raw", n)].append(_raw_seconds(image, size, n))
+    f = (min(t[("fp", many)]) - min(t[("fp", few)])) / (many - few)
+    r = (min(t[("raw", many)]) - min(t[("raw", few)])) / (many - few)
     return {"image": image_name, "size": size, "calls": (few, many), "faultpath_us": f * 1e6,
             "raw_us": r * 1e6, "ratio": r / f}
 
