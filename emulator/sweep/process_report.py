@@ -14,7 +14,7 @@ from emulator.cycles.profile import DEFAULT_PROFILE
 from emulator.sweep.config import SWEEP_LIVELOCK
 from emulator.sweep.exec_config import DEFAULT_CALL, ExecSweepConfig
 from emulator.sweep.process_harness import ExecBaselineRecord, ExecRunRecord, event_kinds
-from emulator.sweep.report import SweepResult, _ranges, broken
+from emulator.sweep.report import SweepResult, broken, ranges
 
 COLUMNS = ("ok-fast", "ok-reseed", "ok-fallback", "livelock", "violation", "crash")
 REGIONS = ("glibc before", "vDSO", "glibc after", "after return")
@@ -183,7 +183,7 @@ class ExecSweepReport:
             lines += ["", "a signal handler's getrandom() inside the swept call was served by:"]
             for ev, paths in nested.items():
                 for path, bs in sorted(paths.items(), key=lambda kv: kv[1][0]):
-                    lines.append(f"  {ev:<14} {NESTED.get(path, path)}: {len(bs)} boundaries ({_ranges(bs, 8)})")
+                    lines.append(f"  {ev:<14} {NESTED.get(path, path)}: {len(bs)} boundaries ({ranges(bs, 8)})")
         lines += self._livelocks() + self._violations(max_groups)
         return "\n".join(lines)
 
@@ -214,7 +214,7 @@ class ExecSweepReport:
                 break
             r = rs[0]
             bs = sorted({x.i for x in rs})
-            more = f" (+{len(bs) - 1} more boundaries: {_ranges(bs)})" if len(bs) > 1 else ""
+            more = f" (+{len(bs) - 1} more boundaries: {ranges(bs)})" if len(bs) > 1 else ""
             invs = ", ".join(sorted({v["invariant"] for v in r.violations}))
             out.append(f"  [{invs}] event={r.event} in {key[1]}: boundary {r.i} at {r.where or hex(r.rip)}{more}")
             for v in r.violations[:3]:
