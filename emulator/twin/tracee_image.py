@@ -27,7 +27,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-import keystone
+from vdso.asm_build import assemble_snippet
 
 TEXT_BASE = 0x400000
 CODE_OFFSET = 0x100            # code follows the ELF and program headers in the first page
@@ -78,9 +78,9 @@ class TraceeImage:
 
 
 def _assemble(source: str, address: int) -> tuple[bytes, dict[str, int]]:
-    ks = keystone.Ks(keystone.KS_ARCH_X86, keystone.KS_MODE_64)
-    enc, _ = ks.asm(source, address)
-    code = bytes(enc)
+    # Through the project's one assembler entry (literals normalised: keystone's
+    # radix is process-global state that another assembly may have left set).
+    code = assemble_snippet(source, address, "<twin tracee>")
     labels = {}
     # Keystone reports no symbol table: find each label by assembling the source
     # up to it (labels are at line starts, so the prefix assembles alone).
@@ -88,8 +88,7 @@ def _assemble(source: str, address: int) -> tuple[bytes, dict[str, int]]:
     for name in _LABELS:
         idx = lines.index(f"{name}:")
         prefix = "\n".join(lines[:idx])
-        enc_prefix, _ = ks.asm(prefix, address) if prefix.strip() else ([], 0)
-        labels[name] = address + len(enc_prefix or [])
+        labels[name] = address + (len(assemble_snippet(prefix, address, "<twin tracee>")) if prefix.strip() else 0)
     return code, labels
 
 
