@@ -89,7 +89,7 @@ def main() -> int:
     if default_image_name() != "host":
         images.append(default_image_name())
     print("== emulation speed: marginal time per call of `faultpath run --scenario none` against bare Unicorn "
-          "(no hooks) on the same call; min over interleaved rounds ==")
+          "(only its syscall hook) on the same call; min over interleaved rounds ==")
     for name in images:
         for size, (few, many) in ((4096, (10, 60)), (4, (200, 1200))):
             r = bench_speed(name, size, few, many)
