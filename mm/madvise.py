@@ -28,7 +28,7 @@ from .flags import (EINVAL, ENOMEM, EPERM, MADV_COLD, MADV_DODUMP, MADV_DOFORK,
                     VM_SHARED, VM_SPECIAL, VM_WIPEONFORK, page_align)
 from .gup import populate_range_for
 from .page import GUARD_PTE, PTE
-from . import vmscan
+from .vmscan import discard_frame, frame_unevictable, swap_out_frame
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mm_types import MmStruct
@@ -158,12 +158,12 @@ def _pageout(mm: "MmStruct", start: int, end: int) -> None:
         if pte is None or pte.frame is None or pte.frame.is_zero or pte.frame.mapcount != 1:
             continue
         f = pte.frame
-        if vmscan.frame_unevictable(f):
+        if frame_unevictable(f):
             continue                           # kernel pages of a VM_IO special mapping
         if f.droppable or f.lazyfree or f.mapping is not None:
-            vmscan.discard_frame(phys, f)      # page-cache pages: evicted, re-read later
+            discard_frame(phys, f)      # page-cache pages: evicted, re-read later
         elif phys.swap.free > 0:
-            vmscan.swap_out_frame(phys, f)
+            swap_out_frame(phys, f)
 
 
 def do_madvise(mm: "MmStruct", start: int, len_in: int, advice: int) -> int:

@@ -12,11 +12,20 @@ from __future__ import annotations
 import itertools
 from typing import Optional, Union
 
-from . import coredump as _coredump
-from . import fork as _fork
-from . import gup, madvise, memory, mlock, mmap, mprotect, mremap, smaps as _smaps
-from . import snapshot as _snapshot
-from . import vmscan
+# The submodules by name (not `from . import`, which names the package itself
+# and so reads as mm_struct -> mm -> mm_struct).
+import mm.coredump as _coredump
+import mm.fork as _fork
+import mm.gup as gup
+import mm.madvise as madvise
+import mm.memory as memory
+import mm.mlock as mlock
+import mm.mmap as mmap
+import mm.mprotect as mprotect
+import mm.mremap as mremap
+import mm.smaps as _smaps
+import mm.snapshot as _snapshot
+import mm.vmscan as vmscan
 from .flags import (DROPPABLE_OOM_POLICIES, MMAP_MIN_ADDR, PAGE_SHIFT, PAGE_SIZE,
                     TASK_SIZE, VM_ACCOUNT)
 from .file import MappedFile

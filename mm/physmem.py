@@ -23,7 +23,7 @@ from .page import PTE, Frame
 from .stages import FaultStage
 from .stats import PhysStats
 from .swapfile import SwapArea
-from . import vmscan
+from .vmscan import ReclaimResult, drop_all_droppable, reclaim
 
 if TYPE_CHECKING:  # pragma: no cover
     from .mm_types import MmStruct
@@ -120,7 +120,7 @@ class PhysMem:
                                                    else "transient"}))
             return None
         if self.charged >= self.memory_pages:
-            res = vmscan.reclaim(self, self.charged - self.memory_pages + 1)
+            res = reclaim(self, self.charged - self.memory_pages + 1)
             if stages is not None:
                 stages.append(FaultStage("reclaim", res.detail()))
             if self.charged >= self.memory_pages:
@@ -287,11 +287,11 @@ class PhysMem:
     # --- whole-system operations --------------------------------------------------------
     def drop_droppable(self) -> int:
         """Discard every droppable frame of every mm (system-wide `drop`)."""
-        return vmscan.drop_all_droppable(self)
+        return drop_all_droppable(self)
 
-    def shrink(self, nr_pages: int) -> vmscan.ReclaimResult:
+    def shrink(self, nr_pages: int) -> ReclaimResult:
         """Run reclaim for nr_pages regardless of the budget (memory pressure)."""
-        return vmscan.reclaim(self, nr_pages)
+        return reclaim(self, nr_pages)
 
     def __repr__(self) -> str:
         return (f"PhysMem(charged={self.charged}/{self.memory_pages}, swap={self.swap.used}/"
