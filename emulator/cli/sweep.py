@@ -19,11 +19,9 @@ can; reseed, drop and oom need root); the same events reached through
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from emulator.cli.sweep_common import MAX_REPORT, json_target, profile_arg, write_json
 from emulator.errors import UsageError

@@ -14,10 +14,6 @@ ALWAYS = ("ok-fast", "ok-reseed", "ok-fallback", "livelock", "violation")
 EXAMPLE_CALLS = 6                 # calls shown per side for one example run
 
 
-def _ranges(xs: list[int]) -> str:
-    return ranges(xs, limit=8)
-
-
 def header(events: list[str], policy: str, jobs: int) -> str:
     return (f"faultpath sweep --native: the host's __vdso_getrandom in the emulator (droppable-oom {policy}, "
             f"{jobs} job(s)) and on the running kernel (Linux {platform.release()}), run by run; "
@@ -98,7 +94,7 @@ def format_disagreements(ccs: list[ConfigComparison], max_groups: int) -> list[s
             break
         cc, p = items[0]
         bs = [x.i for _, x in items]
-        more = f" (+{len(bs) - 1} more: boundaries {_ranges(bs)})" if len(bs) > 1 else ""
+        more = f" (+{len(bs) - 1} more: boundaries {ranges(bs, 8)})" if len(bs) > 1 else ""
         lines.append(f"  event={ev} {cc.config.label()}: boundary {p.i}{more}")
         for d in diffs[:4]:
             lines.append(f"    {d}")
@@ -124,7 +120,7 @@ def format_violations(ccs: list[ConfigComparison], max_groups: int) -> list[str]
         cc, p = g[0]
         bs = [x.i for _, x in g]
         lines.append(f"  event={ev} {cc.config.label()}: {eo} / {no} {list(invs) or ''} at {len(bs)} "
-                     f"boundaries ({_ranges(bs)})")
+                     f"boundaries ({ranges(bs, 8)})")
         lines += _example(cc, p)
     return lines
 
